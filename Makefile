@@ -1,0 +1,80 @@
+# runm: build, demo, test. `make demo` and `make test` are all a fresh machine needs:
+# both install their system packages first.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+CARGO ?= cargo
+TRIPLE := x86_64-unknown-linux-gnu
+TARGET := $(CURDIR)/target
+RUNM := $(TARGET)/release/runm
+AGENT := $(TARGET)/$(TRIPLE)/release/runm-agent
+GUEST := $(TARGET)/guest
+TESTHOST := $(CURDIR)/tests/testhost/run
+PREFIX ?= /usr/local
+
+# Debian packages: guest kernel build, emulated KVM test host, initramfs packing.
+APT_PACKAGES := linux-source-6.12 bc flex bison libelf-dev libssl-dev xz-utils \
+	qemu-system-x86 linux-image-amd64 busybox-static cpio kmod
+
+.PHONY: all deps runm agent kernel initramfs guest demo test unit-test integration-test \
+	lint bench install clean
+
+all: runm guest
+
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "make: installing Debian packages:$$missing"; \
+	  sudo=""; [ "$$(id -u)" -eq 0 ] || sudo=sudo; \
+	  $$sudo apt-get update -qq; \
+	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+runm:
+	$(CARGO) build --release -p runm
+
+# The agent is PID 1 of a guest with no libc: link it statically.
+agent:
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release -p runm-agent --target $(TRIPLE)
+
+kernel: deps
+	@mkdir -p $(GUEST)
+	@src=$$(guest-kernel-config/build-kernel.sh | tail -n 1); \
+	cmp -s "$$src" $(GUEST)/vmlinux || cp "$$src" $(GUEST)/vmlinux
+
+initramfs: agent deps
+	@rootfs/build-initramfs.sh $(AGENT) $(GUEST)/initramfs.cpio >/dev/null
+
+guest: kernel initramfs
+
+demo: all
+	$(TESTHOST) $(RUNM) boot
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets --release -- -D warnings
+
+unit-test:
+	$(CARGO) test --release
+
+# Each integration test binary runs inside the emulated KVM test host where /dev/kvm
+# cannot boot Linux (tests/testhost/run decides, and says which).
+integration-test: all
+	CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER=$(TESTHOST) \
+	  $(CARGO) test --release -p runm-tests
+
+test: deps lint unit-test integration-test
+
+bench: all
+	CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER=$(TESTHOST) \
+	  $(CARGO) bench -p runm-tests
+
+install: all
+	install -D -m 0755 $(RUNM) $(DESTDIR)$(PREFIX)/bin/runm
+	install -D -m 0644 $(GUEST)/vmlinux $(DESTDIR)$(PREFIX)/lib/runm/vmlinux
+	install -D -m 0644 $(GUEST)/initramfs.cpio $(DESTDIR)$(PREFIX)/lib/runm/initramfs.cpio
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,3 @@
+//! One module per `runm` verb.
+
+pub mod boot;

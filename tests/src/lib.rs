@@ -1,0 +1,133 @@
+//! Helpers shared by runm's integration tests: find the built binaries, check that this
+//! machine can boot a microVM, run `runm` with a deadline, and look for leftovers.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// The agent's banner, as far as it does not depend on the kernel.
+pub const BANNER_PREFIX: &str = "runm-agent ready (kernel ";
+
+/// Where cargo put this test's sibling binaries (`target/<profile>/`).
+pub fn target_profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test>-<hash>
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps")
+        .to_path_buf()
+}
+
+/// The `runm` binary built alongside the tests.
+pub fn runm_bin() -> PathBuf {
+    let bin = target_profile_dir().join("runm");
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it first (`make test` does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Why this machine's /dev/kvm cannot boot a Linux guest, if it cannot.
+pub fn kvm_unusable_reason() -> Option<String> {
+    if !Path::new("/dev/kvm").exists() {
+        return Some("/dev/kvm does not exist".into());
+    }
+    if Path::new("/sys/module/kvm_pvm").exists() {
+        return Some("/dev/kvm is backed by PVM, which cannot run a normal Linux guest".into());
+    }
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let virt = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
+    if !virt {
+        return Some("the CPU exposes neither vmx nor svm".into());
+    }
+    None
+}
+
+/// Fails the test (never skips it silently) where a microVM cannot be booted.
+pub fn require_kvm() {
+    if let Some(why) = kvm_unusable_reason() {
+        panic!(
+            "this test boots a microVM and needs KVM that can run Linux, but {why}. \
+             Run the integration tests with `make test`: it runs them inside the emulated \
+             KVM test host (tests/testhost/run) when needed."
+        );
+    }
+}
+
+/// Serialises tests that start VMs, so that checks for leftover processes see only
+/// their own test's.
+pub fn vm_lock() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs `runm ARGS` to completion, killing it after `deadline` (a test failure).
+pub fn run_runm(args: &[&str], deadline: Duration) -> Output {
+    let child = Command::new(runm_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn runm");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(deadline) {
+        Ok(out) => out.expect("wait for runm"),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            panic!("runm {args:?} did not finish within {deadline:?}");
+        }
+    }
+}
+
+/// Pids of live processes whose executable is `exe`.
+pub fn processes_running(exe: &Path) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/exe"))
+                .map(|p| p == exe)
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+/// Asserts that no `runm` process outlived the command under test.
+pub fn assert_no_runm_left() {
+    let bin = runm_bin();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = processes_running(&bin);
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "runm processes left behind: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// stdout and stderr of a finished command, for assertion messages.
+pub fn describe(out: &Output) -> String {
+    format!(
+        "status: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}

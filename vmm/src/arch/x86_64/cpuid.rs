@@ -1,0 +1,73 @@
+//! The CPUID the guest sees: what KVM supports, with each vCPU's identity and topology.
+
+use kvm_bindings::CpuId;
+
+const LEAF_FEATURES: u32 = 0x1;
+const LEAF_EXT_TOPOLOGY: u32 = 0xb;
+const LEAF_EXT_TOPOLOGY_V2: u32 = 0x1f;
+/// CPUID.1:EDX.HTT: EBX[23:16] holds a valid logical processor count.
+const EDX_HTT: u32 = 1 << 28;
+/// CPUID.1:ECX.HYPERVISOR: tells the kernel to look for KVM's paravirt leaves.
+const ECX_HYPERVISOR: u32 = 1 << 31;
+
+/// Adjusts the supported CPUID for vCPU `id` of `count`: one package of `count`
+/// single-threaded cores, APIC id equal to the vCPU index.
+pub fn patch_for_vcpu(cpuid: &mut CpuId, id: u8, count: u8) {
+    for entry in cpuid.as_mut_slice() {
+        match entry.function {
+            LEAF_FEATURES => {
+                entry.ebx =
+                    (entry.ebx & 0x0000_ffff) | (u32::from(id) << 24) | (u32::from(count) << 16);
+                entry.ecx |= ECX_HYPERVISOR;
+                if count > 1 {
+                    entry.edx |= EDX_HTT;
+                }
+            }
+            LEAF_EXT_TOPOLOGY | LEAF_EXT_TOPOLOGY_V2 => {
+                // Level 0: SMT (1 thread a core); level 1: core (count cores).
+                entry.edx = u32::from(id);
+                match entry.index {
+                    0 => {
+                        entry.eax = 0;
+                        entry.ebx = 1;
+                        entry.ecx = 0x100;
+                    }
+                    1 => {
+                        entry.eax = u32::from(count).next_power_of_two().trailing_zeros();
+                        entry.ebx = u32::from(count);
+                        entry.ecx = 0x200 | 1;
+                    }
+                    n => {
+                        entry.eax = 0;
+                        entry.ebx = 0;
+                        entry.ecx = n;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kvm_bindings::kvm_cpuid_entry2;
+
+    #[test]
+    fn leaf1_carries_apic_id_and_count() {
+        let mut cpuid = CpuId::from_entries(&[kvm_cpuid_entry2 {
+            function: LEAF_FEATURES,
+            ebx: 0xffff_ffff,
+            ..Default::default()
+        }])
+        .unwrap();
+        patch_for_vcpu(&mut cpuid, 3, 4);
+        let e = cpuid.as_slice()[0];
+        assert_eq!(e.ebx >> 24, 3);
+        assert_eq!((e.ebx >> 16) & 0xff, 4);
+        assert_eq!(e.ebx & 0xffff, 0xffff);
+        assert_ne!(e.edx & EDX_HTT, 0);
+        assert_ne!(e.ecx & ECX_HYPERVISOR, 0);
+    }
+}

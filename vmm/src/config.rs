@@ -1,0 +1,168 @@
+//! What a caller asks for when it starts a microVM, checked before anything is created.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// The smallest guest that can hold our kernel (loaded at 16 MiB), its initramfs and a
+/// working userspace.
+pub const MIN_MEM_MIB: u32 = 64;
+/// Guest RAM sits below the 32-bit MMIO hole, which keeps the memory map one region.
+pub const MAX_MEM_MIB: u32 = 3 * 1024;
+/// vCPUs a guest can be given. Secondary vCPUs are announced to the guest by an MP
+/// table, which this VMM does not write yet: until it does, more than one would be
+/// created but never seen by the guest.
+pub const MAX_VCPUS: u8 = 1;
+
+/// The kernel parameters this VMM's device model needs: the console on COM1, reboot
+/// through the i8042 (which ends the VM), an immediate reboot on panic, and no PCI.
+pub const DEFAULT_CMDLINE: &str =
+    "console=ttyS0 8250.nr_uarts=1 reboot=k panic=-1 pci=off nomodule";
+
+/// Errors in a [`VmConfig`]; each names the field and what was expected.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("memory size {0} MiB is out of range: expected {MIN_MEM_MIB}..={MAX_MEM_MIB} MiB")]
+    MemSize(u32),
+    #[error("vCPU count {0} is out of range: expected 1..={MAX_VCPUS}")]
+    VcpuCount(u8),
+    #[error("kernel image {}: {source}", .path.display())]
+    Kernel {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("initramfs {}: {source}", .path.display())]
+    Initrd {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("kernel command line contains a NUL byte")]
+    CmdlineNul,
+}
+
+/// Everything needed to boot one microVM.
+pub struct VmConfig {
+    /// ELF `vmlinux` with a PVH entry point.
+    pub kernel: PathBuf,
+    /// Uncompressed or compressed initramfs (cpio), handed to the kernel as-is.
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line, complete (the builder adds nothing).
+    pub cmdline: String,
+    pub vcpus: u8,
+    pub mem_mib: u32,
+    /// Where the guest's serial console goes.
+    pub serial_out: Box<dyn Write + Send>,
+}
+
+impl std::fmt::Debug for VmConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmConfig")
+            .field("kernel", &self.kernel)
+            .field("initrd", &self.initrd)
+            .field("cmdline", &self.cmdline)
+            .field("vcpus", &self.vcpus)
+            .field("mem_mib", &self.mem_mib)
+            .finish_non_exhaustive()
+    }
+}
+
+impl VmConfig {
+    /// Checks sizes and that the image files can be opened, so that a mistake is reported
+    /// before any KVM object exists.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(MIN_MEM_MIB..=MAX_MEM_MIB).contains(&self.mem_mib) {
+            return Err(ConfigError::MemSize(self.mem_mib));
+        }
+        if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
+            return Err(ConfigError::VcpuCount(self.vcpus));
+        }
+        if self.cmdline.contains('\0') {
+            return Err(ConfigError::CmdlineNul);
+        }
+        check_readable_file(&self.kernel).map_err(|source| ConfigError::Kernel {
+            path: self.kernel.clone(),
+            source,
+        })?;
+        if let Some(initrd) = &self.initrd {
+            check_readable_file(initrd).map_err(|source| ConfigError::Initrd {
+                path: initrd.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Guest memory size in bytes.
+    pub fn mem_bytes(&self) -> u64 {
+        u64::from(self.mem_mib) << 20
+    }
+}
+
+fn check_readable_file(path: &Path) -> std::io::Result<()> {
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    std::fs::File::open(path).map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(kernel: &Path) -> VmConfig {
+        VmConfig {
+            kernel: kernel.to_path_buf(),
+            initrd: None,
+            cmdline: "console=ttyS0".into(),
+            vcpus: 1,
+            mem_mib: 128,
+            serial_out: Box::new(std::io::sink()),
+        }
+    }
+
+    #[test]
+    fn rejects_zero_memory_naming_the_value() {
+        let mut c = config(Path::new("/proc/self/exe"));
+        c.mem_mib = 0;
+        let err = c.validate().unwrap_err();
+        assert!(matches!(err, ConfigError::MemSize(0)));
+        assert!(err.to_string().contains("memory size 0 MiB"), "{err}");
+    }
+
+    #[test]
+    fn rejects_bad_vcpu_counts() {
+        for n in [0, MAX_VCPUS + 1] {
+            let mut c = config(Path::new("/proc/self/exe"));
+            c.vcpus = n;
+            assert!(matches!(c.validate(), Err(ConfigError::VcpuCount(v)) if v == n));
+        }
+    }
+
+    #[test]
+    fn missing_kernel_names_the_file() {
+        let c = config(Path::new("/nonexistent/vmlinux"));
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("/nonexistent/vmlinux"), "{err}");
+    }
+
+    #[test]
+    fn missing_initrd_names_the_file() {
+        let mut c = config(Path::new("/proc/self/exe"));
+        c.initrd = Some("/nonexistent/initramfs.cpio".into());
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.starts_with("initramfs /nonexistent/initramfs.cpio"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn directory_is_not_a_kernel() {
+        let c = config(Path::new("/"));
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("not a regular file"), "{err}");
+    }
+}

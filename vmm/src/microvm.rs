@@ -1,0 +1,145 @@
+//! A running microVM: wait for it to stop, or stop it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use vm_memory::GuestMemoryMmap;
+use vm_superio::Trigger;
+use vmm_sys_util::signal::Killable;
+
+use crate::devices::legacy::Serial;
+use crate::vstate::vcpu::{kick_signal, VcpuExited, VcpuStop};
+use crate::vstate::vm::Vm;
+
+/// How the guest stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitReason {
+    /// The guest reset itself (i8042 reset or triple fault): runm guests power off this way.
+    GuestShutdown,
+    /// The host stopped the VM.
+    Killed,
+    /// A vCPU could not go on.
+    VcpuFailed { id: u8, reason: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MicrovmError {
+    #[error("the guest did not stop within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Events that end a VM's run, from vCPU threads and devices.
+#[derive(Debug)]
+pub(crate) enum VmEvent {
+    Vcpu(VcpuExited),
+    /// The guest wrote the reset command to the i8042.
+    Reset,
+}
+
+/// A `Trigger` that reports a guest reset to the VM's owner.
+#[derive(Debug)]
+pub(crate) struct ResetTrigger(pub Mutex<Sender<VmEvent>>);
+
+impl Trigger for ResetTrigger {
+    type E = ();
+    fn trigger(&self) -> Result<(), ()> {
+        self.0
+            .lock()
+            .map_err(drop)?
+            .send(VmEvent::Reset)
+            .map_err(drop)
+    }
+}
+
+/// A booted microVM. Dropping it stops the guest and joins every thread it started.
+pub struct Microvm {
+    pub(crate) vcpus: Vec<JoinHandle<()>>,
+    pub(crate) stop: Arc<AtomicBool>,
+    pub(crate) events: Receiver<VmEvent>,
+    pub(crate) serial: Arc<Mutex<Serial>>,
+    pub(crate) exit: Option<ExitReason>,
+    // Field order matters: the vCPU threads are joined in `Drop` before the VM and its
+    // memory are released.
+    pub(crate) _vm: Vm,
+    pub(crate) _mem: GuestMemoryMmap,
+}
+
+impl std::fmt::Debug for Microvm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Microvm")
+            .field("vcpus", &self.vcpus.len())
+            .field("exit", &self.exit)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Microvm {
+    /// Waits until the guest stops (or `timeout` passes, which kills it), then tears the
+    /// VM down.
+    pub fn wait(&mut self, timeout: Option<Duration>) -> Result<ExitReason, MicrovmError> {
+        if let Some(exit) = &self.exit {
+            return Ok(exit.clone());
+        }
+        let event = match timeout {
+            Some(t) => self.events.recv_timeout(t),
+            None => self.events.recv().map_err(RecvTimeoutError::from),
+        };
+        let reason = match event {
+            Ok(VmEvent::Reset) => ExitReason::GuestShutdown,
+            Ok(VmEvent::Vcpu(VcpuExited { id, why })) => match why {
+                VcpuStop::Shutdown => ExitReason::GuestShutdown,
+                VcpuStop::Kicked => ExitReason::Killed,
+                VcpuStop::Failed(reason) => ExitReason::VcpuFailed { id, reason },
+            },
+            Err(RecvTimeoutError::Timeout) => {
+                self.kill();
+                return Err(MicrovmError::Timeout(timeout.unwrap_or_default()));
+            }
+            // Unreachable while a vCPU thread lives, as each reports before it ends.
+            Err(RecvTimeoutError::Disconnected) => ExitReason::VcpuFailed {
+                id: 0,
+                reason: "every vCPU thread ended without a report".into(),
+            },
+        };
+        self.stop_vcpus();
+        self.exit = Some(reason.clone());
+        Ok(reason)
+    }
+
+    /// Stops the guest now.
+    pub fn kill(&mut self) {
+        self.stop_vcpus();
+        self.exit.get_or_insert(ExitReason::Killed);
+    }
+
+    /// Sets the stop flag and kicks each vCPU thread out of KVM_RUN until it has exited.
+    /// The kick repeats because a signal that lands just before the thread enters
+    /// KVM_RUN is lost.
+    fn stop_vcpus(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        for handle in self.vcpus.drain(..) {
+            while !handle.is_finished() {
+                if let Err(e) = handle.kill(kick_signal()) {
+                    log::warn!("cannot kick vCPU thread: {e}");
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if handle.join().is_err() {
+                log::error!("a vCPU thread panicked");
+            }
+        }
+        self.serial
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .flush();
+    }
+}
+
+impl Drop for Microvm {
+    fn drop(&mut self) {
+        self.stop_vcpus();
+    }
+}
