@@ -87,6 +87,10 @@ fn qemu_cmd(kernel: &Path, initrd: &Path) -> Command {
         "-serial",
         "stdio",
         "-no-reboot",
+        // microvm has no keyboard controller; the guest's `reboot=k` needs one to end
+        // the VM promptly, as runm's VMM provides.
+        "-device",
+        "i8042",
         "-kernel",
     ]);
     c.arg(kernel)
