@@ -13,10 +13,10 @@ use crate::config::{ConfigError, VmConfig};
 use crate::devices::legacy::i8042::{I8042_BASE, I8042_LEN};
 use crate::devices::legacy::serial::{COM1_BASE, COM1_IRQ, COM1_LEN};
 use crate::devices::legacy::{EventFdTrigger, Serial, I8042};
-use crate::devices::{BusError, PioBus};
+use crate::devices::{Bus, BusError};
 use crate::microvm::{Microvm, ResetTrigger, VmEvent};
 use crate::vstate::memory::{create_guest_memory, MemoryError};
-use crate::vstate::vcpu::{install_kick_handler, Vcpu, VcpuError};
+use crate::vstate::vcpu::{install_kick_handler, IoBuses, Vcpu, VcpuError};
 use crate::vstate::vm::{Vm, VmError};
 
 /// Why a microVM could not be started. Nothing is left running when this is returned.
@@ -61,9 +61,9 @@ pub fn start_microvm(config: VmConfig) -> Result<Microvm, StartMicrovmError> {
     regs::write_boot_tables(&mem)?;
 
     let (events_tx, events) = channel();
-    let mut bus = PioBus::default();
-    let serial = attach_serial(&vm, &mut bus, config.serial_out)?;
-    attach_i8042(&mut bus, events_tx.clone())?;
+    let mut buses = IoBuses::default();
+    let serial = attach_serial(&vm, &mut buses.pio, config.serial_out)?;
+    attach_i8042(&mut buses.pio, events_tx.clone())?;
 
     let vcpus = create_vcpus(&vm, config.vcpus, boot)?;
     install_kick_handler()?;
@@ -77,14 +77,14 @@ pub fn start_microvm(config: VmConfig) -> Result<Microvm, StartMicrovmError> {
         _vm: vm,
         _mem: mem,
     };
-    let bus = Arc::new(bus);
+    let buses = Arc::new(buses);
     for vcpu in vcpus {
         let id = vcpu.id();
-        let (bus, stop, tx) = (bus.clone(), stop.clone(), events_tx.clone());
+        let (buses, stop, tx) = (buses.clone(), stop.clone(), events_tx.clone());
         let handle = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
             .spawn(move || {
-                let exited = vcpu.run(&bus, &stop);
+                let exited = vcpu.run(&buses, &stop);
                 // The receiver is gone only when the VM is already torn down.
                 let _ = tx.send(VmEvent::Vcpu(exited));
             })
@@ -102,7 +102,7 @@ fn eventfd(what: &'static str) -> Result<EventFd, StartMicrovmError> {
 /// COM1, wired to IRQ 4 through an irqfd.
 fn attach_serial(
     vm: &Vm,
-    bus: &mut PioBus,
+    bus: &mut Bus,
     out: Box<dyn std::io::Write + Send>,
 ) -> Result<Arc<Mutex<Serial>>, StartMicrovmError> {
     let irq = eventfd("serial interrupt")?;
@@ -113,7 +113,7 @@ fn attach_serial(
 }
 
 /// The i8042, whose reset command ends the VM's run.
-fn attach_i8042(bus: &mut PioBus, events: Sender<VmEvent>) -> Result<(), StartMicrovmError> {
+fn attach_i8042(bus: &mut Bus, events: Sender<VmEvent>) -> Result<(), StartMicrovmError> {
     let i8042 = I8042::new(ResetTrigger(Mutex::new(events)));
     bus.insert(I8042_BASE, I8042_LEN, Arc::new(Mutex::new(i8042)))?;
     Ok(())

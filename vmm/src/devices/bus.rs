@@ -1,34 +1,34 @@
-//! The port I/O bus: routes a vCPU's IN/OUT exits to the device that owns the port.
+//! A bus routes a vCPU's I/O exits (port I/O or MMIO) to the device that owns the address.
 
 use std::sync::{Arc, Mutex};
 
-/// A device on the port I/O bus. `offset` is relative to the device's base port.
-pub trait PioDevice: Send {
-    fn read(&mut self, offset: u16, data: &mut [u8]);
-    fn write(&mut self, offset: u16, data: &[u8]);
+/// A device on a bus. `offset` is relative to the device's base address.
+pub trait BusDevice: Send {
+    fn read(&mut self, offset: u64, data: &mut [u8]);
+    fn write(&mut self, offset: u64, data: &[u8]);
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
-    #[error("port range {base:#x}+{len} overlaps a device already on the bus")]
-    Overlap { base: u16, len: u16 },
-    #[error("port range {base:#x}+{len} is empty or wraps around")]
-    BadRange { base: u16, len: u16 },
+    #[error("address range {base:#x}+{len:#x} overlaps a device already on the bus")]
+    Overlap { base: u64, len: u64 },
+    #[error("address range {base:#x}+{len:#x} is empty or wraps around")]
+    BadRange { base: u64, len: u64 },
 }
 
 struct Entry {
-    base: u16,
-    len: u16,
-    device: Arc<Mutex<dyn PioDevice>>,
+    base: u64,
+    len: u64,
+    device: Arc<Mutex<dyn BusDevice>>,
 }
 
-/// Maps port ranges to devices. Built once before the vCPUs start, then only read.
+/// Maps address ranges to devices. Built once before the vCPUs start, then only read.
 #[derive(Default)]
-pub struct PioBus {
+pub struct Bus {
     entries: Vec<Entry>,
 }
 
-impl std::fmt::Debug for PioBus {
+impl std::fmt::Debug for Bus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_list()
             .entries(self.entries.iter().map(|e| (e.base, e.len)))
@@ -36,12 +36,12 @@ impl std::fmt::Debug for PioBus {
     }
 }
 
-impl PioBus {
+impl Bus {
     pub fn insert(
         &mut self,
-        base: u16,
-        len: u16,
-        device: Arc<Mutex<dyn PioDevice>>,
+        base: u64,
+        len: u64,
+        device: Arc<Mutex<dyn BusDevice>>,
     ) -> Result<(), BusError> {
         let end = base
             .checked_add(len)
@@ -58,16 +58,16 @@ impl PioBus {
         Ok(())
     }
 
-    fn find(&self, port: u16) -> Option<(&Entry, u16)> {
+    fn find(&self, addr: u64) -> Option<(&Entry, u64)> {
         self.entries
             .iter()
-            .find(|e| port >= e.base && port - e.base < e.len)
-            .map(|e| (e, port - e.base))
+            .find(|e| addr >= e.base && addr - e.base < e.len)
+            .map(|e| (e, addr - e.base))
     }
 
-    /// Reads from `port`; an unclaimed port reads as all ones, like a floating ISA bus.
-    pub fn read(&self, port: u16, data: &mut [u8]) -> bool {
-        match self.find(port) {
+    /// Reads from `addr`; an unclaimed address reads as all ones, like a floating bus.
+    pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
+        match self.find(addr) {
             Some((e, offset)) => {
                 lock(&e.device).read(offset, data);
                 true
@@ -79,9 +79,9 @@ impl PioBus {
         }
     }
 
-    /// Writes to `port`; a write to an unclaimed port is dropped.
-    pub fn write(&self, port: u16, data: &[u8]) -> bool {
-        match self.find(port) {
+    /// Writes to `addr`; a write to an unclaimed address is dropped.
+    pub fn write(&self, addr: u64, data: &[u8]) -> bool {
+        match self.find(addr) {
             Some((e, offset)) => {
                 lock(&e.device).write(offset, data);
                 true
@@ -93,7 +93,7 @@ impl PioBus {
 
 /// A device whose lock was poisoned by a panicking vCPU thread is still usable: device
 /// state is plain registers, and the VM is being torn down anyway.
-fn lock(device: &Mutex<dyn PioDevice>) -> std::sync::MutexGuard<'_, dyn PioDevice + 'static> {
+fn lock(device: &Mutex<dyn BusDevice>) -> std::sync::MutexGuard<'_, dyn BusDevice + 'static> {
     device.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -103,14 +103,14 @@ mod tests {
 
     #[derive(Default)]
     struct Recorder {
-        writes: Vec<(u16, Vec<u8>)>,
+        writes: Vec<(u64, Vec<u8>)>,
     }
 
-    impl PioDevice for Recorder {
-        fn read(&mut self, offset: u16, data: &mut [u8]) {
+    impl BusDevice for Recorder {
+        fn read(&mut self, offset: u64, data: &mut [u8]) {
             data.fill(u8::try_from(offset).unwrap());
         }
-        fn write(&mut self, offset: u16, data: &[u8]) {
+        fn write(&mut self, offset: u64, data: &[u8]) {
             self.writes.push((offset, data.to_vec()));
         }
     }
@@ -118,7 +118,7 @@ mod tests {
     #[test]
     fn routes_by_offset_and_floats_unclaimed_ports() {
         let dev = Arc::new(Mutex::new(Recorder::default()));
-        let mut bus = PioBus::default();
+        let mut bus = Bus::default();
         bus.insert(0x3f8, 8, dev.clone()).unwrap();
         let mut b = [0u8; 1];
         assert!(bus.read(0x3fd, &mut b));
@@ -133,7 +133,7 @@ mod tests {
     #[test]
     fn rejects_overlaps_and_bad_ranges() {
         let dev = Arc::new(Mutex::new(Recorder::default()));
-        let mut bus = PioBus::default();
+        let mut bus = Bus::default();
         bus.insert(0x60, 5, dev.clone()).unwrap();
         assert!(matches!(
             bus.insert(0x64, 1, dev.clone()),
@@ -145,7 +145,7 @@ mod tests {
         ));
         bus.insert(0x65, 1, dev.clone()).unwrap();
         assert!(matches!(
-            bus.insert(0xfff0, 0x20, dev.clone()),
+            bus.insert(u64::MAX - 0xf, 0x20, dev.clone()),
             Err(BusError::BadRange { .. })
         ));
         assert!(matches!(

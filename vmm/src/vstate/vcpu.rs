@@ -10,7 +10,7 @@ use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 use super::vm::Vm;
 use crate::arch::x86_64::boot::BootEntry;
 use crate::arch::x86_64::{cpuid, interrupts, msr, regs};
-use crate::devices::PioBus;
+use crate::devices::Bus;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VcpuError {
@@ -46,6 +46,13 @@ pub enum VcpuStop {
 pub struct VcpuExited {
     pub id: u8,
     pub why: VcpuStop,
+}
+
+/// The buses a vCPU's I/O exits are routed to.
+#[derive(Debug, Default)]
+pub struct IoBuses {
+    pub pio: Bus,
+    pub mmio: Bus,
 }
 
 pub struct Vcpu {
@@ -136,21 +143,24 @@ impl Vcpu {
 
     /// Runs the vCPU until the guest stops it, KVM fails, or `stop` is set and the thread
     /// is kicked; says why.
-    pub fn run(mut self, bus: &PioBus, stop: &AtomicBool) -> VcpuExited {
+    pub fn run(mut self, buses: &IoBuses, stop: &AtomicBool) -> VcpuExited {
         let why = loop {
             if stop.load(Ordering::Acquire) {
                 break VcpuStop::Kicked;
             }
             match self.fd.run() {
                 Ok(VcpuExit::IoOut(port, data)) => {
-                    bus.write(port, data);
+                    buses.pio.write(u64::from(port), data);
                 }
                 Ok(VcpuExit::IoIn(port, data)) => {
-                    bus.read(port, data);
+                    buses.pio.read(u64::from(port), data);
                 }
-                // Nothing is mapped in MMIO space yet: reads float high, writes vanish.
-                Ok(VcpuExit::MmioRead(_, data)) => data.fill(0xff),
-                Ok(VcpuExit::MmioWrite(..)) => {}
+                Ok(VcpuExit::MmioRead(addr, data)) => {
+                    buses.mmio.read(addr, data);
+                }
+                Ok(VcpuExit::MmioWrite(addr, data)) => {
+                    buses.mmio.write(addr, data);
+                }
                 Ok(VcpuExit::Shutdown) => break VcpuStop::Shutdown,
                 Ok(VcpuExit::Hlt) => break VcpuStop::Failed("vCPU halted".into()),
                 Ok(VcpuExit::FailEntry(reason, cpu)) => {

@@ -3,10 +3,10 @@
 
 use vm_superio::{I8042Device, Trigger};
 
-use super::super::bus::PioDevice;
+use super::super::bus::BusDevice;
 
-pub const I8042_BASE: u16 = 0x60;
-pub const I8042_LEN: u16 = 5;
+pub const I8042_BASE: u64 = 0x60;
+pub const I8042_LEN: u64 = 5;
 
 #[derive(Debug)]
 pub struct I8042<T: Trigger> {
@@ -21,15 +21,15 @@ impl<T: Trigger> I8042<T> {
     }
 }
 
-impl<T: Trigger + Send> PioDevice for I8042<T> {
-    fn read(&mut self, offset: u16, data: &mut [u8]) {
+impl<T: Trigger + Send> BusDevice for I8042<T> {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
         match (u8::try_from(offset), data) {
             (Ok(off), [byte]) => *byte = self.dev.read(off),
             (_, data) => data.fill(0xff),
         }
     }
 
-    fn write(&mut self, offset: u16, data: &[u8]) {
+    fn write(&mut self, offset: u64, data: &[u8]) {
         let (Ok(off), [byte]) = (u8::try_from(offset), data) else {
             return;
         };

@@ -5,10 +5,10 @@ use std::io::Write;
 use vm_superio::Trigger;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::super::bus::PioDevice;
+use super::super::bus::BusDevice;
 
-pub const COM1_BASE: u16 = 0x3f8;
-pub const COM1_LEN: u16 = 8;
+pub const COM1_BASE: u64 = 0x3f8;
+pub const COM1_LEN: u64 = 8;
 pub const COM1_IRQ: u32 = 4;
 
 /// Raises an interrupt by writing to an eventfd that KVM turns into a GSI (irqfd).
@@ -48,15 +48,15 @@ impl Serial {
     }
 }
 
-impl PioDevice for Serial {
-    fn read(&mut self, offset: u16, data: &mut [u8]) {
+impl BusDevice for Serial {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
         match (u8::try_from(offset), data) {
             (Ok(off), [byte]) => *byte = self.uart.read(off),
             (_, data) => data.fill(0xff),
         }
     }
 
-    fn write(&mut self, offset: u16, data: &[u8]) {
+    fn write(&mut self, offset: u64, data: &[u8]) {
         let (Ok(off), [byte]) = (u8::try_from(offset), data) else {
             return;
         };
