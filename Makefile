@@ -8,6 +8,7 @@ TRIPLE := x86_64-unknown-linux-gnu
 TARGET := $(CURDIR)/target
 RUNM := $(TARGET)/release/runm
 AGENT := $(TARGET)/$(TRIPLE)/release/runm-agent
+TEST_GUEST := $(TARGET)/$(TRIPLE)/release/runm-test-guest
 GUEST := $(TARGET)/guest
 TESTHOST := $(CURDIR)/tests/testhost/run
 PREFIX ?= /usr/local
@@ -16,8 +17,8 @@ PREFIX ?= /usr/local
 APT_PACKAGES := linux-source-6.12 bc flex bison libelf-dev libssl-dev xz-utils \
 	qemu-system-x86 linux-image-amd64 busybox-static cpio kmod
 
-.PHONY: all deps runm agent kernel initramfs guest demo test unit-test integration-test \
-	lint bench install clean
+.PHONY: all deps runm agent kernel initramfs guest test-guest demo test unit-test \
+	integration-test lint bench install clean
 
 all: runm guest
 
@@ -38,6 +39,11 @@ runm:
 # The agent is PID 1 of a guest with no libc: link it statically.
 agent:
 	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release -p runm-agent --target $(TRIPLE)
+
+# The integration tests' guest init, packed the same way as the agent.
+test-guest: deps
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release -p runm-test-guest --target $(TRIPLE)
+	@rootfs/build-initramfs.sh $(TEST_GUEST) $(GUEST)/test-initramfs.cpio >/dev/null
 
 kernel: deps
 	@mkdir -p $(GUEST)
@@ -61,13 +67,13 @@ unit-test:
 
 # Each integration test binary runs inside the emulated KVM test host where /dev/kvm
 # cannot boot Linux (tests/testhost/run decides, and says which).
-integration-test: all
+integration-test: all test-guest
 	CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER=$(TESTHOST) \
 	  $(CARGO) test --release -p runm-tests
 
 test: deps lint unit-test integration-test
 
-bench: all
+bench: all test-guest
 	CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER=$(TESTHOST) \
 	  $(CARGO) bench -p runm-tests
 

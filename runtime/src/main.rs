@@ -1,5 +1,6 @@
 //! `runm`: an OCI runtime that runs each container in its own KVM microVM.
 
+mod agent_client;
 mod cli;
 mod commands;
 mod guest_assets;

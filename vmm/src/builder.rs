@@ -5,15 +5,22 @@ use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Mutex};
 
+use event_manager::MutEventSubscriber;
+use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::x86_64::boot::{self, BootEntry, BootError};
+use crate::arch::x86_64::layout::{MMIO_START, VIRTIO_IRQ_START};
+use crate::arch::x86_64::mptable::{self, MptableError};
 use crate::arch::x86_64::regs::{self, RegsError};
 use crate::config::{ConfigError, VmConfig};
 use crate::devices::legacy::i8042::{I8042_BASE, I8042_LEN};
 use crate::devices::legacy::serial::{COM1_BASE, COM1_IRQ, COM1_LEN};
 use crate::devices::legacy::{EventFdTrigger, Serial, I8042};
+use crate::devices::virtio::mmio::{MmioError, MmioTransport, MMIO_LEN, NOTIFY_OFFSET};
+use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::devices::{Bus, BusError};
+use crate::event_loop::{DeviceThread, EventLoopError, Subscriber};
 use crate::microvm::{Microvm, ResetTrigger, VmEvent};
 use crate::vstate::memory::{create_guest_memory, MemoryError};
 use crate::vstate::vcpu::{install_kick_handler, IoBuses, Vcpu, VcpuError};
@@ -41,6 +48,14 @@ pub enum StartMicrovmError {
         what: &'static str,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Mptable(#[from] MptableError),
+    #[error(transparent)]
+    EventLoop(#[from] EventLoopError),
+    #[error("cannot attach virtio device: {0}")]
+    Mmio(#[from] MmioError),
+    #[error("no room for another virtio device (at most {0})")]
+    TooManyDevices(u32),
     #[error("cannot start vCPU thread {id}: {source}")]
     SpawnVcpu { id: u8, source: std::io::Error },
 }
@@ -52,18 +67,17 @@ pub fn start_microvm(config: VmConfig) -> Result<Microvm, StartMicrovmError> {
     let mem = create_guest_memory(config.mem_bytes())?;
     vm.register_memory(&mem)?;
 
-    let boot = boot::load(
-        &mem,
-        &config.kernel,
-        config.initrd.as_deref(),
-        &config.cmdline,
-    )?;
-    regs::write_boot_tables(&mem)?;
-
     let (events_tx, events) = channel();
     let mut buses = IoBuses::default();
     let serial = attach_serial(&vm, &mut buses.pio, config.serial_out)?;
     attach_i8042(&mut buses.pio, events_tx.clone())?;
+    let mut virtio = VirtioSlots::default();
+    let cmdline = format!("{}{}", config.cmdline, virtio.cmdline);
+
+    let boot = boot::load(&mem, &config.kernel, config.initrd.as_deref(), &cmdline)?;
+    regs::write_boot_tables(&mem)?;
+    mptable::setup(&mem, config.vcpus)?;
+    let devices = DeviceThread::spawn(virtio.subscribers)?;
 
     let vcpus = create_vcpus(&vm, config.vcpus, boot)?;
     install_kick_handler()?;
@@ -74,6 +88,7 @@ pub fn start_microvm(config: VmConfig) -> Result<Microvm, StartMicrovmError> {
         events,
         serial,
         exit: None,
+        devices,
         _vm: vm,
         _mem: mem,
     };
@@ -116,6 +131,52 @@ fn attach_serial(
 fn attach_i8042(bus: &mut Bus, events: Sender<VmEvent>) -> Result<(), StartMicrovmError> {
     let i8042 = I8042::new(ResetTrigger(Mutex::new(events)));
     bus.insert(I8042_BASE, I8042_LEN, Arc::new(Mutex::new(i8042)))?;
+    Ok(())
+}
+
+/// Where the next virtio device goes, and what has been attached so far.
+#[derive(Default)]
+struct VirtioSlots {
+    count: u32,
+    cmdline: String,
+    subscribers: Vec<Subscriber>,
+}
+
+/// GSIs from VIRTIO_IRQ_START up to the last IOAPIC pin.
+const MAX_VIRTIO_DEVICES: u32 = mptable::IOAPIC_PINS as u32 - VIRTIO_IRQ_START;
+
+/// Puts a virtio device behind a virtio-mmio transport: its register window on the MMIO
+/// bus, queue notifications as ioeventfds, its interrupt as an irqfd, a declaration on
+/// the kernel command line, and the device on the event loop.
+fn attach_virtio_device<D>(
+    vm: &Vm,
+    mem: &GuestMemoryMmap,
+    mmio: &mut Bus,
+    slots: &mut VirtioSlots,
+    device: Arc<Mutex<D>>,
+) -> Result<(), StartMicrovmError>
+where
+    D: VirtioDevice + MutEventSubscriber + Send + 'static,
+{
+    if slots.count >= MAX_VIRTIO_DEVICES {
+        return Err(StartMicrovmError::TooManyDevices(MAX_VIRTIO_DEVICES));
+    }
+    let base = MMIO_START + u64::from(slots.count) * MMIO_LEN;
+    let irq = VIRTIO_IRQ_START + slots.count;
+    let irq_evt = eventfd("virtio interrupt")?;
+    vm.register_irqfd(&irq_evt, irq)?;
+    let transport = MmioTransport::new(
+        device.clone(),
+        mem.clone(),
+        Arc::new(Interrupt::new(irq_evt)),
+    )?;
+    for (queue, evt) in (0u32..).zip(transport.notify_evts()) {
+        vm.register_ioevent(evt, base + NOTIFY_OFFSET, queue)?;
+    }
+    mmio.insert(base, MMIO_LEN, Arc::new(Mutex::new(transport)))?;
+    slots.count += 1;
+    slots.cmdline += &format!(" virtio_mmio.device=4K@{base:#x}:{irq}");
+    slots.subscribers.push(device);
     Ok(())
 }
 

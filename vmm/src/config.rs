@@ -8,10 +8,8 @@ use std::path::{Path, PathBuf};
 pub const MIN_MEM_MIB: u32 = 64;
 /// Guest RAM sits below the 32-bit MMIO hole, which keeps the memory map one region.
 pub const MAX_MEM_MIB: u32 = 3 * 1024;
-/// vCPUs a guest can be given. Secondary vCPUs are announced to the guest by an MP
-/// table, which this VMM does not write yet: until it does, more than one would be
-/// created but never seen by the guest.
-pub const MAX_VCPUS: u8 = 1;
+/// vCPUs the guest kernel is built for (CONFIG_NR_CPUS).
+pub const MAX_VCPUS: u8 = 32;
 
 /// The kernel parameters this VMM's device model needs: the console on COM1, reboot
 /// through the i8042 (which ends the VM), an immediate reboot on panic, and no PCI.
@@ -45,7 +43,7 @@ pub struct VmConfig {
     pub kernel: PathBuf,
     /// Uncompressed or compressed initramfs (cpio), handed to the kernel as-is.
     pub initrd: Option<PathBuf>,
-    /// Kernel command line, complete (the builder adds nothing).
+    /// Kernel command line; the builder appends the virtio-mmio device declarations.
     pub cmdline: String,
     pub vcpus: u8,
     pub mem_mib: u32,

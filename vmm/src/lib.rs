@@ -8,6 +8,7 @@ pub mod arch;
 pub mod builder;
 pub mod config;
 pub mod devices;
+pub mod event_loop;
 pub mod microvm;
 pub mod vstate;
 

@@ -11,6 +11,7 @@ use vm_superio::Trigger;
 use vmm_sys_util::signal::Killable;
 
 use crate::devices::legacy::Serial;
+use crate::event_loop::DeviceThread;
 use crate::vstate::vcpu::{kick_signal, VcpuExited, VcpuStop};
 use crate::vstate::vm::Vm;
 
@@ -61,6 +62,7 @@ pub struct Microvm {
     pub(crate) events: Receiver<VmEvent>,
     pub(crate) serial: Arc<Mutex<Serial>>,
     pub(crate) exit: Option<ExitReason>,
+    pub(crate) devices: DeviceThread,
     // Field order matters: the vCPU threads are joined in `Drop` before the VM and its
     // memory are released.
     pub(crate) _vm: Vm,
@@ -115,7 +117,8 @@ impl Microvm {
         self.exit.get_or_insert(ExitReason::Killed);
     }
 
-    /// Sets the stop flag and kicks each vCPU thread out of KVM_RUN until it has exited.
+    /// Sets the stop flag and kicks each vCPU thread out of KVM_RUN until it has exited,
+    /// then stops the device thread.
     /// The kick repeats because a signal that lands just before the thread enters
     /// KVM_RUN is lost.
     fn stop_vcpus(&mut self) {
@@ -131,6 +134,7 @@ impl Microvm {
                 log::error!("a vCPU thread panicked");
             }
         }
+        self.devices.stop();
         self.serial
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -1,7 +1,7 @@
 //! The KVM VM: in-kernel interrupt controllers and timer, memory slots, irqfds.
 
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::{Kvm, VmFd};
+use kvm_ioctls::{IoEventAddress, Kvm, VmFd};
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -24,6 +24,11 @@ pub enum VmError {
     #[error("KVM_SET_USER_MEMORY_REGION failed for slot {slot}: {source}")]
     MemoryRegion {
         slot: u32,
+        source: kvm_ioctls::Error,
+    },
+    #[error("KVM_IOEVENTFD failed for address {addr:#x}: {source}")]
+    Ioeventfd {
+        addr: u64,
         source: kvm_ioctls::Error,
     },
     #[error("KVM_IRQFD failed for GSI {gsi}: {source}")]
@@ -82,6 +87,19 @@ impl Vm {
                 .map_err(|source| VmError::MemoryRegion { slot, source })?;
         }
         Ok(())
+    }
+
+    /// Makes a 32-bit guest write of `datamatch` to MMIO address `addr` signal `evt` in
+    /// the host kernel, without a VM exit to userspace.
+    pub fn register_ioevent(
+        &self,
+        evt: &EventFd,
+        addr: u64,
+        datamatch: u32,
+    ) -> Result<(), VmError> {
+        self.fd
+            .register_ioevent(evt, &IoEventAddress::Mmio(addr), datamatch)
+            .map_err(|source| VmError::Ioeventfd { addr, source })
     }
 
     /// Makes writes to `evt` raise interrupt line `gsi` in the guest.

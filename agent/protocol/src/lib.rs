@@ -1,0 +1,17 @@
+//! The wire protocol between the host (`runm`) and the guest agent, shared by both so
+//! that there is one definition of every message.
+//!
+//! A connection carries frames: a 4-byte big-endian length, then that many bytes of JSON.
+//! Each request gets exactly one response. Frames are capped at [`MAX_FRAME_LEN`], checked
+//! before anything is allocated: the host treats the guest as untrusted.
+
+mod framing;
+mod messages;
+
+pub use framing::{read_frame, write_frame, FrameError, MAX_FRAME_LEN};
+pub use messages::{AgentInfo, Request, Response, MAX_TEXT_LEN};
+
+/// Bumped on every incompatible change to the messages.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// The vsock port the agent listens on.
+pub const AGENT_PORT: u32 = 1024;

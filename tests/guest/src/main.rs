@@ -1,0 +1,126 @@
+//! The integration tests' guest init. It runs the scenario named by `runm.test=` on the
+//! kernel command line, prints what it observed on the console (one `result: ...` line
+//! per fact, for the host-side test to assert), and powers the VM off.
+//!
+//! Scenarios:
+//! - `echo:<n>`: vsock echo server on port 5000; powers off after `n` streams ended.
+//! - `disk:<token>`: writes `<token>` at the start of /dev/vda and reads it back, then
+//!   tries to write /dev/vdb (attached read-only) and reports the error.
+//! - `cpus`: reports the number of online CPUs.
+
+use std::fs::OpenOptions;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use runm_agent::init;
+use vsock::{VsockListener, VMADDR_CID_ANY};
+
+const ECHO_PORT: u32 = 5000;
+
+fn main() {
+    if let Err(e) = init::setup() {
+        eprintln!("test-guest: {e}");
+        init::power_off();
+    }
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let scenario = cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("runm.test="))
+        .unwrap_or("");
+    println!("test-guest: scenario {scenario:?}");
+    let outcome = match scenario.split_once(':').unwrap_or((scenario, "")) {
+        ("echo", n) => echo(n.parse().unwrap_or(1)),
+        ("disk", token) => disk(token),
+        ("cpus", _) => cpus(),
+        _ => Err(format!("unknown scenario {scenario:?}")),
+    };
+    if let Err(e) = outcome {
+        println!("result: error: {e}");
+    }
+    init::power_off();
+}
+
+fn echo(streams: usize) -> Result<(), String> {
+    let listener = VsockListener::bind_with_cid_port(VMADDR_CID_ANY, ECHO_PORT)
+        .map_err(|e| format!("listen on vsock port {ECHO_PORT}: {e}"))?;
+    println!("result: echo listening on {ECHO_PORT}");
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut handles = Vec::new();
+    for conn in listener.incoming().take(streams) {
+        let mut stream = conn.map_err(|e| format!("accept: {e}"))?;
+        let done = done.clone();
+        handles.push(std::thread::spawn(move || {
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut total = 0usize;
+            loop {
+                match stream.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        if stream.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        total += n;
+                    }
+                    Err(_) => break,
+                }
+            }
+            let _ = stream.shutdown(std::net::Shutdown::Write);
+            done.fetch_add(1, Ordering::SeqCst);
+            total
+        }));
+    }
+    let total: usize = handles.into_iter().map(|h| h.join().unwrap_or(0)).sum();
+    println!(
+        "result: echoed {total} bytes over {} streams",
+        done.load(Ordering::SeqCst)
+    );
+    Ok(())
+}
+
+fn disk(token: &str) -> Result<(), String> {
+    let mut vda = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(nix::libc::O_DIRECT)
+        .open("/dev/vda")
+        .map_err(|e| format!("open /dev/vda: {e}"))?;
+    // O_DIRECT wants sector-aligned buffers: write a whole 4 KiB block.
+    let mut block = AlignedBlock([0u8; 4096]);
+    block.0[..token.len()].copy_from_slice(token.as_bytes());
+    vda.write_all(&block.0)
+        .map_err(|e| format!("write /dev/vda: {e}"))?;
+    vda.sync_all().map_err(|e| format!("flush /dev/vda: {e}"))?;
+    vda.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
+    let mut back = AlignedBlock([0u8; 4096]);
+    vda.read_exact(&mut back.0)
+        .map_err(|e| format!("read /dev/vda: {e}"))?;
+    let ok = back.0[..token.len()] == *token.as_bytes();
+    println!(
+        "result: vda readback {}",
+        if ok { "matches" } else { "differs" }
+    );
+
+    let ro = std::fs::read_to_string("/sys/block/vdb/ro").unwrap_or_default();
+    println!("result: vdb ro flag {}", ro.trim());
+    match OpenOptions::new().write(true).open("/dev/vdb") {
+        Err(e) => println!("result: vdb write refused: {e}"),
+        Ok(mut f) => match f.write_all(b"must not land").and_then(|()| f.sync_all()) {
+            Err(e) => println!("result: vdb write refused: {e}"),
+            Ok(()) => println!("result: vdb write accepted"),
+        },
+    }
+    Ok(())
+}
+
+#[repr(align(4096))]
+struct AlignedBlock([u8; 4096]);
+
+fn cpus() -> Result<(), String> {
+    let online = std::fs::read_to_string("/sys/devices/system/cpu/online")
+        .map_err(|e| format!("read cpu/online: {e}"))?;
+    let n = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!("result: cpus online {} ({n})", online.trim());
+    Ok(())
+}
