@@ -8,6 +8,8 @@
 //! The device loop is single-threaded, so file I/O is a seek followed by a read or write
 //! straight between the file and guest memory (no bounce buffers).
 
+pub mod device;
+pub mod event_handler;
 pub mod request;
 #[cfg(test)]
 mod test_utils;
@@ -18,6 +20,8 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use vmm_sys_util::fallocate::{fallocate, FallocateMode};
+
+pub use device::Block;
 
 /// Sectors are 512 bytes whatever the block size (virtio 1.2 §5.2.6).
 pub const SECTOR_SHIFT: u32 = 9;

@@ -4,6 +4,7 @@
 
 use virtio_queue::desc::split::Descriptor as SplitDescriptor;
 use virtio_queue::desc::RawDescriptor;
+use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::tempfile::TempFile;
 
@@ -16,6 +17,7 @@ pub const HEADER: u64 = 0x10_0000;
 pub const DATA: u64 = 0x20_0000;
 pub const STATUS: u64 = 0x30_0000;
 
+pub const VRING_DESC_F_NEXT: u16 = 1;
 pub const VRING_DESC_F_WRITE: u16 = 2;
 
 pub fn guest_memory() -> GuestMemoryMmap {
@@ -60,6 +62,25 @@ pub fn with_header_and_status(data: &[RawDescriptor]) -> Vec<RawDescriptor> {
     descs.extend_from_slice(data);
     descs.push(writable(STATUS, 1));
     descs
+}
+
+/// Links `descs` into one chain starting at descriptor `first` and makes it available.
+pub fn add_chain(q: &MockSplitQueue<GuestMemoryMmap>, first: u16, descs: &[RawDescriptor]) {
+    let linked: Vec<RawDescriptor> = descs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let d = SplitDescriptor::from(*d);
+            let i = u16::try_from(i).unwrap();
+            let (flags, next) = if usize::from(i) + 1 < descs.len() {
+                (d.flags() | VRING_DESC_F_NEXT, first + i + 1)
+            } else {
+                (d.flags() & !VRING_DESC_F_NEXT, 0)
+            };
+            SplitDescriptor::new(d.addr().0, d.len(), flags, next).into()
+        })
+        .collect();
+    q.add_desc_chains(&linked, first).unwrap();
 }
 
 /// The status byte at [`STATUS`].
