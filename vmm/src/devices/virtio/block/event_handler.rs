@@ -15,7 +15,9 @@ impl Block {
         if let Err(e) = self.activate_evt.read() {
             log::warn!("virtio-blk {path}: cannot read the activation eventfd: {e}");
         }
-        if let Some(old) = self.registered_notify.take() {
+        // A new activation replaces the eventfd; a reset just drops it.
+        let replace = !self.is_activated() || self.pending_notify.is_some();
+        if let Some(old) = self.registered_notify.take_if(|_| replace) {
             if let Err(e) = ops.remove(Events::empty(&old)) {
                 log::error!("virtio-blk {path}: cannot unregister the queue eventfd: {e}");
             }
@@ -159,6 +161,22 @@ mod tests {
         assert_eq!(q.used().idx().load(), 1);
         assert_eq!(irq.irq_evt().read().unwrap(), 1);
         assert_eq!(f.run(), 0, "the queue eventfd was drained");
+    }
+
+    #[test]
+    fn a_stray_activation_event_keeps_the_queue_registered() {
+        let mut f = fixture();
+        let mem = guest_memory();
+        let q = MockSplitQueue::new(&mem, QUEUE_SIZE);
+        let (notify, _irq) = f.activate(&mem, &q);
+        f.run();
+        f.dev.lock().unwrap().activate_evt.write(1).unwrap();
+        assert_eq!(f.run(), 1);
+        write_header(&mem, VIRTIO_BLK_T_IN, 0);
+        add_chain(&q, 0, &with_header_and_status(&[writable(DATA, 512)]));
+        notify.write(1).unwrap();
+        assert_eq!(f.run(), 1);
+        assert_eq!(q.used().idx().load(), 1);
     }
 
     #[test]
