@@ -6,6 +6,7 @@
 //! notification eventfds, and the device registers those with the event loop only then
 //! (through its own activation eventfd), as Firecracker's devices do.
 
+pub mod block;
 pub mod interrupt;
 pub mod mmio;
 
