@@ -17,6 +17,7 @@ use crate::config::{ConfigError, VmConfig};
 use crate::devices::legacy::i8042::{I8042_BASE, I8042_LEN};
 use crate::devices::legacy::serial::{COM1_BASE, COM1_IRQ, COM1_LEN};
 use crate::devices::legacy::{EventFdTrigger, Serial, I8042};
+use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::mmio::{MmioError, MmioTransport, MMIO_LEN, NOTIFY_OFFSET};
 use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::devices::{Bus, BusError};
@@ -56,6 +57,8 @@ pub enum StartMicrovmError {
     Mmio(#[from] MmioError),
     #[error("no room for another virtio device (at most {0})")]
     TooManyDevices(u32),
+    #[error(transparent)]
+    Block(#[from] BlockError),
     #[error("cannot start vCPU thread {id}: {source}")]
     SpawnVcpu { id: u8, source: std::io::Error },
 }
@@ -72,6 +75,16 @@ pub fn start_microvm(config: VmConfig) -> Result<Microvm, StartMicrovmError> {
     let serial = attach_serial(&vm, &mut buses.pio, config.serial_out)?;
     attach_i8042(&mut buses.pio, events_tx.clone())?;
     let mut virtio = VirtioSlots::default();
+    for disk in config.disks {
+        let block = Block::new(disk)?;
+        attach_virtio_device(
+            &vm,
+            &mem,
+            &mut buses.mmio,
+            &mut virtio,
+            Arc::new(Mutex::new(block)),
+        )?;
+    }
     let cmdline = format!("{}{}", config.cmdline, virtio.cmdline);
 
     let boot = boot::load(&mem, &config.kernel, config.initrd.as_deref(), &cmdline)?;

@@ -1,6 +1,8 @@
 //! What a caller asks for when it starts a microVM, checked before anything is created.
 
 use std::io::Write;
+
+use crate::devices::virtio::block::BlockConfig;
 use std::path::{Path, PathBuf};
 
 /// The smallest guest that can hold our kernel (loaded at 16 MiB), its initramfs and a
@@ -49,6 +51,8 @@ pub struct VmConfig {
     pub mem_mib: u32,
     /// Where the guest's serial console goes.
     pub serial_out: Box<dyn Write + Send>,
+    /// Raw disk images, attached in order as virtio-blk devices (/dev/vda, /dev/vdb, ...).
+    pub disks: Vec<BlockConfig>,
 }
 
 impl std::fmt::Debug for VmConfig {
@@ -59,6 +63,7 @@ impl std::fmt::Debug for VmConfig {
             .field("cmdline", &self.cmdline)
             .field("vcpus", &self.vcpus)
             .field("mem_mib", &self.mem_mib)
+            .field("disks", &self.disks)
             .finish_non_exhaustive()
     }
 }
@@ -118,6 +123,7 @@ mod tests {
             vcpus: 1,
             mem_mib: 128,
             serial_out: Box::new(std::io::sink()),
+            disks: Vec::new(),
         }
     }
 

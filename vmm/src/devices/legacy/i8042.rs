@@ -4,6 +4,7 @@
 use vm_superio::{I8042Device, Trigger};
 
 use super::super::bus::BusDevice;
+use super::{byte_read, byte_write};
 
 pub const I8042_BASE: u64 = 0x60;
 pub const I8042_LEN: u64 = 5;
@@ -23,19 +24,15 @@ impl<T: Trigger> I8042<T> {
 
 impl<T: Trigger + Send> BusDevice for I8042<T> {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        match (u8::try_from(offset), data) {
-            (Ok(off), [byte]) => *byte = self.dev.read(off),
-            (_, data) => data.fill(0xff),
-        }
+        byte_read(offset, data, |off| self.dev.read(off));
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        let (Ok(off), [byte]) = (u8::try_from(offset), data) else {
-            return;
-        };
-        if let Err(e) = self.dev.write(off, *byte) {
-            log::warn!("i8042: cannot signal CPU reset: {e:?}");
-        }
+        byte_write(offset, data, |off, byte| {
+            if let Err(e) = self.dev.write(off, byte) {
+                log::warn!("i8042: cannot signal CPU reset: {e:?}");
+            }
+        });
     }
 }
 

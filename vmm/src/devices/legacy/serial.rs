@@ -6,6 +6,7 @@ use vm_superio::Trigger;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::super::bus::BusDevice;
+use super::{byte_read, byte_write};
 
 pub const COM1_BASE: u64 = 0x3f8;
 pub const COM1_LEN: u64 = 8;
@@ -50,19 +51,15 @@ impl Serial {
 
 impl BusDevice for Serial {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        match (u8::try_from(offset), data) {
-            (Ok(off), [byte]) => *byte = self.uart.read(off),
-            (_, data) => data.fill(0xff),
-        }
+        byte_read(offset, data, |off| self.uart.read(off));
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        let (Ok(off), [byte]) = (u8::try_from(offset), data) else {
-            return;
-        };
-        if let Err(e) = self.uart.write(off, *byte) {
-            log::warn!("serial: write to register {off} failed: {e:?}");
-        }
+        byte_write(offset, data, |off, byte| {
+            if let Err(e) = self.uart.write(off, byte) {
+                log::warn!("serial: write to register {off} failed: {e:?}");
+            }
+        });
     }
 }
 
