@@ -8,6 +8,7 @@
 
 pub mod interrupt;
 pub mod mmio;
+pub mod vsock;
 
 use std::sync::Arc;
 
