@@ -273,3 +273,7 @@ impl Drop for Vsock {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "device_tests.rs"]
+mod tests;

@@ -23,6 +23,8 @@ mod connection;
 mod device;
 mod event_handler;
 mod muxer;
+#[cfg(test)]
+pub(crate) mod test_utils;
 
 use std::path::PathBuf;
 use std::time::Duration;
