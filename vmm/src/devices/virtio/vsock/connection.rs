@@ -260,8 +260,12 @@ impl Connection {
         }
     }
 
-    /// A packet from the guest for this stream; `pkt` was validated by the muxer.
-    pub(super) fn recv_pkt<B: BitmapSlice>(&mut self, pkt: &VsockPacket<'_, B>) {
+    /// A packet from the guest for this stream (validated by the muxer), with its payload.
+    pub(super) fn recv_pkt<B: BitmapSlice>(
+        &mut self,
+        pkt: &VsockPacket<'_, B>,
+        data: &[VolatileSlice<'_, B>],
+    ) {
         self.peer_buf_alloc = pkt.buf_alloc();
         self.peer_fwd_cnt = pkt.fwd_cnt();
         match (pkt.op(), self.state) {
@@ -278,7 +282,7 @@ impl Connection {
                 );
                 self.reset();
             }
-            (OP_RW, _) => self.recv_data(pkt),
+            (OP_RW, _) => self.recv_data(data),
             (OP_CREDIT_UPDATE, _) => {}
             (OP_CREDIT_REQUEST, _) => self.pending |= CTRL_CREDIT_UPDATE,
             (OP_SHUTDOWN, _) => self.recv_shutdown(pkt.flags()),
@@ -312,10 +316,13 @@ impl Connection {
         }
     }
 
-    fn recv_data<B: BitmapSlice>(&mut self, pkt: &VsockPacket<'_, B>) {
-        let Some(data) = pkt.data_slice() else {
+    /// Guest bytes for the host: written straight to the host socket while it takes them,
+    /// the rest held (in order) until it is writable again.
+    fn recv_data<B: BitmapSlice>(&mut self, data: &[VolatileSlice<'_, B>]) {
+        let len: usize = data.iter().map(|s| s.len()).sum();
+        if len == 0 {
             return;
-        };
+        }
         if self.peer_shutdown & SHUTDOWN_SEND != 0 {
             log::warn!(
                 "vsock cid {}: {}: data after the guest's SHUTDOWN(SEND); resetting",
@@ -325,7 +332,6 @@ impl Connection {
             self.reset();
             return;
         }
-        let len = data.len();
         if self.buf.len() + len > CONN_BUF_ALLOC as usize {
             log::warn!(
                 "vsock cid {}: {}: guest sent past its credit ({} held, {len} more); resetting",
@@ -337,10 +343,10 @@ impl Connection {
             return;
         }
         self.rx_cnt = add_bytes(self.rx_cnt, len);
-        let mut done = 0;
-        if self.buf.is_empty() && self.writable {
-            while done < len {
-                let Ok(rest) = data.offset(done) else { break };
+        for piece in data {
+            let mut done = 0;
+            while done < piece.len() && self.buf.is_empty() && self.writable {
+                let Ok(rest) = piece.offset(done) else { break };
                 match (&self.stream).write_volatile(&rest) {
                     Ok(0) => break,
                     Ok(n) => {
@@ -350,7 +356,6 @@ impl Connection {
                     Err(VolatileMemoryError::IOError(e)) if e.kind() == ErrorKind::Interrupted => {}
                     Err(VolatileMemoryError::IOError(e)) if e.kind() == ErrorKind::WouldBlock => {
                         self.writable = false;
-                        break;
                     }
                     Err(e) => {
                         self.write_failed(&e);
@@ -358,10 +363,10 @@ impl Connection {
                     }
                 }
             }
-        }
-        if done < len {
-            if let Ok(rest) = data.offset(done) {
-                self.buf.push(&rest);
+            if done < piece.len() {
+                if let Ok(rest) = piece.offset(done) {
+                    self.buf.push(&rest);
+                }
             }
         }
     }

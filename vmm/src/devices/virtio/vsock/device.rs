@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use virtio_queue::{QueueOwnedT, QueueT};
-use virtio_vsock::packet::VsockPacket;
-use vm_memory::GuestMemoryMmap;
+use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
+use virtio_vsock::packet::{Error as PacketError, VsockPacket, PKT_HEADER_SIZE};
+use vm_memory::{Address, Bytes, GuestMemory, GuestMemoryMmap, Permissions, VolatileSlice};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
@@ -18,6 +18,109 @@ use crate::devices::virtio::{
     read_config_bytes, ActivateError, Activation, ActiveQueue, Interrupt, VirtioDevice, TYPE_VSOCK,
     VIRTIO_RING_F_EVENT_IDX,
 };
+
+/// A packet from the guest: its header and its payload as guest memory slices.
+struct TxPacket<'a> {
+    hdr: VsockPacket<'a, ()>,
+    /// The payload when it came in several pieces; else it is the header's data slice.
+    scattered: Vec<VolatileSlice<'a, ()>>,
+}
+
+impl<'a> TxPacket<'a> {
+    fn data(&self) -> &[VolatileSlice<'a, ()>] {
+        if !self.scattered.is_empty() {
+            return &self.scattered;
+        }
+        self.hdr.data_slice().map_or(&[], std::slice::from_ref)
+    }
+}
+
+/// Parses a tx chain with the virtio-vsock crate; a payload scattered over several
+/// descriptors, which the crate does not take, goes through `parse_scattered`.
+fn parse_tx<'a>(
+    mem: &'a GuestMemoryMmap,
+    chain: &DescriptorChain<&'a GuestMemoryMmap>,
+    scratch: &'a mut [u8; PKT_HEADER_SIZE],
+) -> Result<TxPacket<'a>, PacketError> {
+    // With more descriptors behind it, the crate would skip payload bytes that share the
+    // head descriptor with the header.
+    let head = chain
+        .clone()
+        .next()
+        .ok_or(PacketError::DescriptorChainTooShort)?;
+    if head.has_next() && head.len() as usize > PKT_HEADER_SIZE {
+        return parse_scattered(mem, chain.clone(), scratch);
+    }
+    match VsockPacket::from_tx_virtq_chain(mem, &mut chain.clone(), MAX_PKT_DATA) {
+        Ok(hdr) => Ok(TxPacket {
+            hdr,
+            scattered: Vec::new(),
+        }),
+        Err(PacketError::DescriptorChainTooShort | PacketError::DescriptorLengthTooSmall) => {
+            parse_scattered(mem, chain.clone(), scratch)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Linux puts a payload in several descriptors when its skb is nonlinear (zerocopy sends;
+/// since 6.17, and in 6.12.y stable, any payload over 32 KiB). The header is still alone
+/// at the head: it is copied into `scratch` and read through the crate's packet type; the
+/// payload is every readable byte after it, up to the header's `len`.
+fn parse_scattered<'a>(
+    mem: &'a GuestMemoryMmap,
+    mut chain: DescriptorChain<&'a GuestMemoryMmap>,
+    scratch: &'a mut [u8; PKT_HEADER_SIZE],
+) -> Result<TxPacket<'a>, PacketError> {
+    let head = chain.next().ok_or(PacketError::DescriptorChainTooShort)?;
+    if head.is_write_only() {
+        return Err(PacketError::UnexpectedWriteOnlyDescriptor);
+    }
+    let head_len = head.len() as usize;
+    if head_len < PKT_HEADER_SIZE {
+        return Err(PacketError::DescriptorLengthTooSmall);
+    }
+    mem.read_slice(scratch, head.addr())
+        .map_err(PacketError::InvalidMemoryAccess)?;
+    let raw = *scratch;
+    // SAFETY: `scratch` is borrowed mutably for 'a, as long as the packet can live, so the
+    // header slice the packet builds over it stays valid and nothing else accesses it.
+    let mut hdr = unsafe { VsockPacket::new(scratch, None) }?;
+    hdr.set_header_from_raw(&raw)?;
+    if hdr.len() > MAX_PKT_DATA {
+        return Err(PacketError::InvalidHeaderLen(hdr.len()));
+    }
+    let mut want = hdr.len() as usize;
+    let mut scattered = Vec::new();
+    // Bytes after the header in the head descriptor come first.
+    let mut piece = head
+        .addr()
+        .checked_add(PKT_HEADER_SIZE as u64)
+        .map(|addr| (addr, head_len - PKT_HEADER_SIZE));
+    while want > 0 {
+        let (addr, len) = match piece.take() {
+            Some(p) => p,
+            None => {
+                let desc = chain.next().ok_or(PacketError::DescriptorChainTooShort)?;
+                if desc.is_write_only() {
+                    return Err(PacketError::UnexpectedWriteOnlyDescriptor);
+                }
+                (desc.addr(), desc.len() as usize)
+            }
+        };
+        let take = len.min(want);
+        if take == 0 {
+            continue;
+        }
+        let slices = GuestMemory::get_slices(mem, addr, take, Permissions::Read)
+            .map_err(PacketError::InvalidMemoryAccess)?;
+        for slice in slices {
+            scattered.push(slice.map_err(PacketError::InvalidMemoryAccess)?);
+        }
+        want -= take;
+    }
+    Ok(TxPacket { hdr, scattered })
+}
 
 /// What the device got from the driver at activation.
 #[derive(Debug)]
@@ -130,10 +233,11 @@ impl Vsock {
         let queue = &mut active.queues[TXQ_INDEX].queue;
         let mut used = false;
         loop {
-            while let Some(mut chain) = queue.pop_descriptor_chain(mem) {
+            while let Some(chain) = queue.pop_descriptor_chain(mem) {
                 let head = chain.head_index();
-                match VsockPacket::from_tx_virtq_chain(mem, &mut chain, MAX_PKT_DATA) {
-                    Ok(pkt) => self.muxer.send_to_host(&pkt),
+                let mut scratch = [0u8; PKT_HEADER_SIZE];
+                match parse_tx(mem, &chain, &mut scratch) {
+                    Ok(pkt) => self.muxer.send_to_host(&pkt.hdr, pkt.data()),
                     Err(e) => log::warn!("vsock cid {}: dropped a bad tx packet: {e}", self.cid),
                 }
                 if let Err(e) = queue.add_used(mem, head, 0) {

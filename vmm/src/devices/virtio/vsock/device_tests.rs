@@ -770,8 +770,11 @@ fn echo(streams: u32, size: usize) {
                 op => panic!("unexpected op {op}"),
             }
         }
-        h.guest.post_rx(n, 4096);
-        // Echo what the host has credit for.
+        // Both rx buffer layouts.
+        h.guest.post_rx(n / 2, 4096);
+        h.guest.post_rx_single(n - n / 2, HDR + 4096);
+        // Echo what the host has credit for; odd ports scatter the payload like Linux's
+        // nonlinear skbs.
         for (&port, e) in echoes.iter_mut() {
             while !e.held.is_empty() && h.guest_tx_room() {
                 let credit = e
@@ -787,7 +790,11 @@ fn echo(streams: u32, size: usize) {
                 let mut rw = Hdr::guest(OP_RW, port, e.host_port);
                 rw.buf_alloc = GUEST_BUF;
                 rw.fwd_cnt = e.fwd_cnt;
-                h.guest.send(rw, &chunk);
+                if port % 2 == 1 {
+                    h.guest.send_scattered(rw, &chunk, 4096);
+                } else {
+                    h.guest.send(rw, &chunk);
+                }
             }
             if e.host_done && e.held.is_empty() && !e.shut_sent && h.guest.tx_free() > 0 {
                 let mut shut = Hdr::guest(OP_SHUTDOWN, port, e.host_port);
@@ -806,7 +813,7 @@ impl Harness<'_> {
     /// Whether the tx ring has room for another data packet.
     fn guest_tx_room(&mut self) -> bool {
         self.guest.tx_used();
-        self.guest.tx_free() >= 3
+        self.guest.tx_free() >= 4
     }
 }
 
@@ -913,4 +920,79 @@ fn random_guest_packets_never_break_the_device() {
         h.recv().into_iter().find(|(p, _)| p.dst_port == 4242)
     });
     assert_eq!(resp.0.op, OP_RESPONSE);
+}
+
+#[test]
+fn scattered_payloads_are_reassembled() {
+    let mem = test_mem();
+    let mut h = Harness::new(&mem);
+    h.guest.post_rx(8, 4096);
+    let (mut s, hp) = host_stream(&mut h, 95, 64 * 1024);
+    let hdr = |len: u32| {
+        let mut hdr = Hdr::guest(OP_RW, 95, hp);
+        hdr.len = len;
+        hdr.to_bytes()
+    };
+    let put = |addr: u64, bytes: &[u8]| mem.write_slice(bytes, GuestAddress(addr)).unwrap();
+    let base = SCRATCH + 0x10_0000;
+
+    // Header alone, then the payload in three descriptors (one of them empty), as a
+    // nonlinear Linux skb arrives.
+    put(base, &hdr(60));
+    put(base + 0x1000, &[b'a'; 10]);
+    put(base + 0x2000, &[b'b'; 20]);
+    put(base + 0x3000, &[b'c'; 30]);
+    h.guest.send_raw(&[
+        Desc::at(base, HDR, false),
+        Desc::at(base + 0x1000, 10, false),
+        Desc::at(base + 0x4000, 0, false),
+        Desc::at(base + 0x2000, 20, false),
+        Desc::at(base + 0x3000, 30, false),
+    ]);
+    let mut want = [b'a'; 10].to_vec();
+    want.extend([b'b'; 20]);
+    want.extend([b'c'; 30]);
+    assert_eq!(host_read(&mut h, &mut s, 60), want);
+
+    // Payload starting in the head descriptor and going on in the next; bytes past `len`
+    // are not sent.
+    put(base, &hdr(8));
+    put(base + HDR as u64, b"head");
+    put(base + 0x1000, b"tail+junk");
+    h.guest.send_raw(&[
+        Desc::at(base, HDR + 4, false),
+        Desc::at(base + 0x1000, 9, false),
+    ]);
+    assert_eq!(host_read(&mut h, &mut s, 8), b"headtail");
+
+    // Too few bytes, a device-writable piece, a piece outside memory: dropped.
+    h.guest.tx_used();
+    put(base, &hdr(100));
+    for bad in [
+        [
+            Desc::at(base + 0x1000, 40, false),
+            Desc::at(base + 0x2000, 40, false),
+        ],
+        [
+            Desc::at(base + 0x1000, 50, false),
+            Desc::at(base + 0x2000, 50, true),
+        ],
+        [
+            Desc::at(base + 0x1000, 50, false),
+            Desc::at(MEM_SIZE - 10, 50, false),
+        ],
+    ] {
+        h.guest
+            .send_raw(&[Desc::at(base, HDR, false), bad[0], bad[1]]);
+    }
+    h.pump();
+    assert_eq!(h.guest.tx_used(), 3);
+    s.set_nonblocking(true).unwrap();
+    let mut b = [0u8; 16];
+    assert_eq!(
+        s.read(&mut b).unwrap_err().kind(),
+        ErrorKind::WouldBlock,
+        "nothing of the bad packets reached the host"
+    );
+    h.expect_silence();
 }

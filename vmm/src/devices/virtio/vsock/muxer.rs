@@ -23,6 +23,7 @@ use event_manager::EventSet;
 use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
 use virtio_vsock::packet::{VsockPacket, PKT_HEADER_SIZE};
 use vm_memory::bitmap::BitmapSlice;
+use vm_memory::VolatileSlice;
 
 use super::connection::{ConnKey, Connection, Finish};
 use super::{
@@ -226,8 +227,12 @@ impl Muxer {
         self.refresh(key);
     }
 
-    /// A packet the guest sent (tx queue).
-    pub(super) fn send_to_host<B: BitmapSlice>(&mut self, pkt: &VsockPacket<'_, B>) {
+    /// A packet the guest sent (tx queue), with its payload.
+    pub(super) fn send_to_host<B: BitmapSlice>(
+        &mut self,
+        pkt: &VsockPacket<'_, B>,
+        data: &[VolatileSlice<'_, B>],
+    ) {
         if pkt.src_cid() != self.cid || pkt.dst_cid() != HOST_CID {
             log::warn!(
                 "vsock cid {}: dropped a packet from cid {} to cid {} (op {})",
@@ -258,7 +263,7 @@ impl Muxer {
                 );
                 conn.reset();
             } else {
-                conn.recv_pkt(pkt);
+                conn.recv_pkt(pkt, data);
             }
             self.refresh(key);
             return;

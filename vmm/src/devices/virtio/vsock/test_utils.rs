@@ -381,6 +381,24 @@ impl<'a> TestGuest<'a> {
         self.kick(TXQ_INDEX);
     }
 
+    /// Sends a packet as a nonlinear Linux skb goes out: the header alone, then the payload
+    /// in `piece`-byte descriptors.
+    pub fn send_scattered(&mut self, mut hdr: Hdr, data: &[u8], piece: usize) {
+        hdr.len = u32::try_from(data.len()).unwrap();
+        let mut descs = vec![Desc::slot(u32::try_from(HDR_LEN).unwrap(), false)];
+        for chunk in data.chunks(piece) {
+            descs.push(Desc::slot(u32::try_from(chunk.len()).unwrap(), false));
+        }
+        let chain = self.tx.post(&descs);
+        self.mem
+            .write_slice(&hdr.to_bytes(), GuestAddress(chain[0].0))
+            .unwrap();
+        for (chunk, &(addr, _)) in data.chunks(piece).zip(&chain[1..]) {
+            self.mem.write_slice(chunk, GuestAddress(addr)).unwrap();
+        }
+        self.kick(TXQ_INDEX);
+    }
+
     /// Posts one hand-made tx chain (the test wrote whatever memory it points at).
     pub fn send_raw(&mut self, descs: &[Desc]) {
         self.tx.post(descs);
