@@ -64,8 +64,9 @@ pub const MAX_PKT_DATA: u32 = 64 * 1024;
 /// Receive buffer we advertise per connection (buf_alloc): the most guest data we hold for a
 /// host socket that is not reading.
 pub const CONN_BUF_ALLOC: u32 = 256 * 1024;
-/// A CREDIT_UPDATE goes out once the guest believes it has less credit than this.
-pub const CREDIT_UPDATE_THRESHOLD: u32 = 64 * 1024;
+/// A CREDIT_UPDATE goes out once the guest believes it has less credit than this (half the
+/// buffer: the guest keeps sending while the update is on its way).
+pub const CREDIT_UPDATE_THRESHOLD: u32 = CONN_BUF_ALLOC / 2;
 /// Streams at once, counting host connections still sending their `CONNECT` line.
 pub const MAX_CONNECTIONS: usize = 1024;
 /// Longest `CONNECT <port>\n` line, newline included.

@@ -82,8 +82,9 @@ fn connect_nonblocking(path: &Path) -> nix::Result<UnixStream> {
     Ok(UnixStream::from(fd))
 }
 
-/// Parses `CONNECT <port>` (the line without its newline).
+/// Parses `CONNECT <port>` (the line without its newline; a CR before it is allowed).
 fn parse_connect(line: &[u8]) -> Option<u32> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
     let line = std::str::from_utf8(line).ok()?;
     let port = line.strip_prefix("CONNECT ")?;
     if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
@@ -547,6 +548,8 @@ mod tests {
     #[test]
     fn connect_lines() {
         assert_eq!(parse_connect(b"CONNECT 1024"), Some(1024));
+        assert_eq!(parse_connect(b"CONNECT 1024\r"), Some(1024));
+        assert_eq!(parse_connect(b"CONNECT 1024\r\r"), None);
         assert_eq!(parse_connect(b"CONNECT 4294967295"), Some(u32::MAX));
         assert_eq!(parse_connect(b"CONNECT 4294967296"), None);
         assert_eq!(parse_connect(b"CONNECT +5"), None);
