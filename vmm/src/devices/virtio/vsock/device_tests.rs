@@ -827,6 +827,14 @@ fn many_streams_echo() {
     echo(64, 32 * 1024);
 }
 
+/// The integration suite's load, against the simulated guest:
+/// `cargo test -p vmm --release -- --ignored vsock`.
+#[test]
+#[ignore = "slow in debug builds; run with --release"]
+fn many_streams_echo_1mib() {
+    echo(64, 1024 * 1024);
+}
+
 #[test]
 fn event_idx_does_not_lose_notifications() {
     let mem = test_mem();
