@@ -168,6 +168,7 @@ impl std::fmt::Debug for Vsock {
         f.debug_struct("Vsock")
             .field("cid", &self.cid)
             .field("uds_path", &self.uds_path)
+            .field("acked_features", &self.acked_features)
             .field("active", &self.active.is_some())
             .finish_non_exhaustive()
     }
@@ -193,7 +194,7 @@ impl Vsock {
                 path: uds_path.clone(),
                 source,
             })?;
-        // From here on, dropping `Self` removes the socket file.
+        // The socket file is ours now: remove it if the rest fails (Drop does later).
         let activate_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(VsockError::EventFd);
         let timer = TimerFd::new().map_err(|e| VsockError::Timer(e.into()));
         let (activate_evt, timer) = match (activate_evt, timer) {
