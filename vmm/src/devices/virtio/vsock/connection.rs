@@ -595,3 +595,32 @@ impl Connection {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_bytes_keep_order_and_give_memory_back() {
+        let mut src = *b"abcdefgh";
+        let mut more = *b"ij";
+        let mut p = PendingBytes::default();
+        p.push(&VolatileSlice::from(&mut src[..]));
+        p.consume(3);
+        assert_eq!(p.bytes(), b"defgh");
+        p.push(&VolatileSlice::from(&mut more[..]));
+        assert_eq!(
+            (p.bytes(), p.start),
+            (&b"defghij"[..], 0),
+            "compacted on push"
+        );
+        p.consume(100);
+        assert!(p.is_empty());
+        assert_eq!(p.data.capacity(), 0);
+    }
+
+    #[test]
+    fn counters_wrap() {
+        assert_eq!(add_bytes(u32::MAX - 1, 3), 1);
+    }
+}
