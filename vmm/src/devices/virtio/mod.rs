@@ -9,6 +9,7 @@
 pub mod block;
 pub mod interrupt;
 pub mod mmio;
+pub mod vsock;
 
 use std::sync::Arc;
 
