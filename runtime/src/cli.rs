@@ -61,4 +61,18 @@ pub struct BootArgs {
     /// Show the kernel's boot messages (drops `quiet`).
     #[arg(long)]
     pub kernel_log: bool,
+    /// Attach a raw disk image as the next virtio-blk device (/dev/vda, /dev/vdb, ...);
+    /// `PATH,ro` attaches it read-only.
+    #[arg(long = "disk", value_name = "PATH[,ro]")]
+    pub disks: Vec<String>,
+    /// The VM's hybrid vsock Unix socket (default: a private temporary directory).
+    #[arg(long, value_name = "PATH")]
+    pub vsock_socket: Option<PathBuf>,
+    /// The guest's vsock context id.
+    #[arg(long, default_value_t = 3)]
+    pub cid: u32,
+    /// Do not talk to the agent (for guests with another init): wait for the guest to
+    /// stop by itself.
+    #[arg(long)]
+    pub no_agent: bool,
 }

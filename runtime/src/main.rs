@@ -16,10 +16,49 @@ fn main() {
     std::process::exit(match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("runm: {e:#}");
+            eprintln!("runm: {}", error_message(&e));
             1
         }
     });
+}
+
+/// The error and its causes on one line. Many of our errors already include their source
+/// in their message (so that they read well on their own); a cause whose text is already
+/// there is not repeated.
+fn error_message(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let msg = cause.to_string();
+        if out.contains(&msg) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&msg);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("kernel image /k: {source}")]
+    struct Outer {
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn causes_already_in_the_message_are_not_repeated() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let e = anyhow::Error::new(Outer { source: io }).context("cannot start the microVM");
+        assert_eq!(
+            error_message(&e),
+            "cannot start the microVM: kernel image /k: no such file"
+        );
+    }
 }
 
 fn init_logging(global: &cli::GlobalOpts) {

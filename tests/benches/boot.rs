@@ -1,16 +1,23 @@
-//! Boot benchmark: time from VMM start to the agent's banner, and from the banner to the
-//! VMM's exit, for runm and for QEMU `-M microvm` booting the same kernel and initramfs
-//! with the same command line, in the same environment. Prints medians and ratios.
+//! Boot benchmark, runm against QEMU `-M microvm` booting the same kernel and initramfs
+//! with the same command line in the same environment:
+//! - time from VMM start to the agent's banner on the console, and from there to exit;
+//! - time from VMM start until the host has connected over vsock and the agent answered
+//!   a ping (QEMU gets a vhost-vsock device for that);
+//! - host memory of an idle VM with 128 MiB of guest RAM, with and without the guest's
+//!   memory (the VMM's own overhead).
 //!
 //! `make bench` runs it (inside the emulated KVM test host where needed). Absolute
-//! figures there are those of an emulated machine: compare the ratio.
+//! figures there are those of an emulated machine: compare the ratios. The last two
+//! lines are `boot_to_agent_ms runm=.. qemu=.. ratio=..` and `vmm_overhead_kib N`.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use runm_tests::{kvm_unusable_reason, runm_bin, target_profile_dir, BANNER_PREFIX};
+use runm_protocol::{read_frame, write_frame, Request, Response, AGENT_PORT};
+use runm_tests::{kvm_unusable_reason, runm_bin, target_profile_dir, TempDir, BANNER_PREFIX};
+use vsock::VsockStream;
 
 /// Same parameters for both VMMs: runm's defaults, written out for QEMU.
 const CMDLINE: &str = "console=ttyS0 8250.nr_uarts=1 reboot=k panic=-1 pci=off nomodule quiet";
@@ -100,6 +107,129 @@ fn qemu_cmd(kernel: &Path, initrd: &Path) -> Command {
     c
 }
 
+/// Time until `runm boot` reports the agent's ping reply (it connects over its hybrid
+/// vsock, pings, then shuts the guest down).
+fn runm_to_agent() -> Result<Duration, String> {
+    let start = Instant::now();
+    let mut child = runm_cmd()
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("spawn runm: {e}"))?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut ready = None;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.map_err(|e| e.to_string())?;
+        if ready.is_none() && line.starts_with("agent ready: ") {
+            ready = Some(start.elapsed());
+        }
+    }
+    let status = child.wait().map_err(|e| e.to_string())?;
+    match (ready, status.success()) {
+        (Some(t), true) => Ok(t),
+        _ => Err(format!("runm boot did not reach the agent ({status})")),
+    }
+}
+
+/// Time until the agent in a QEMU microvm answers a ping over vhost-vsock.
+fn qemu_to_agent(kernel: &Path, initrd: &Path, cid: u32) -> Result<Duration, String> {
+    let start = Instant::now();
+    let mut child = qemu_cmd(kernel, initrd)
+        .args(["-device", &format!("vhost-vsock-device,guest-cid={cid}")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("spawn qemu: {e}"))?;
+    let deadline = start + Duration::from_secs(300);
+    let result = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break Err(format!("qemu exited early: {status}"));
+        }
+        if Instant::now() > deadline {
+            break Err("the agent in QEMU never answered".into());
+        }
+        if let Ok(mut s) = VsockStream::connect_with_cid_port(cid, AGENT_PORT) {
+            let pong = write_frame(&mut s, &Request::Ping)
+                .and_then(|()| read_frame::<_, Response>(&mut s));
+            if let Ok(Response::Pong(_)) = pong {
+                let t = start.elapsed();
+                let _ = write_frame(&mut s, &Request::Shutdown);
+                break Ok(t);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    finish(&mut child, Duration::from_secs(60));
+    result
+}
+
+/// Waits for `child` to exit, killing it after `grace`.
+fn finish(child: &mut Child, grace: Duration) {
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// (total RSS, RSS of the guest RAM mapping) of `pid` in KiB. Guest RAM is the largest
+/// mapping of at least `guest_kib`.
+fn rss_kib(pid: u32, guest_kib: u64) -> Result<(u64, u64), String> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))
+        .map_err(|e| format!("read smaps of {pid}: {e}"))?;
+    let (mut total, mut guest, mut guest_size) = (0, 0, 0);
+    let mut size = 0;
+    for line in smaps.lines() {
+        let field = |name: &str| -> Option<u64> {
+            line.strip_prefix(name)?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse()
+                .ok()
+        };
+        if let Some(s) = field("Size:") {
+            size = s;
+        } else if let Some(r) = field("Rss:") {
+            total += r;
+            if size >= guest_kib && size > guest_size {
+                guest_size = size;
+                guest = r;
+            }
+        }
+    }
+    Ok((total, guest))
+}
+
+/// Memory of an idle VM: boots it, waits for the banner and for things to settle,
+/// measures, then kills it.
+fn idle_rss(mut cmd: Command) -> Result<(u64, u64), String> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("spawn: {e}"))?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let banner = lines.any(|l| l.is_ok_and(|l| l.contains(BANNER_PREFIX)));
+    std::thread::sleep(Duration::from_secs(2));
+    let guest_kib = MEM_MIB.parse::<u64>().unwrap_or(128) * 1024;
+    let rss = rss_kib(child.id(), guest_kib);
+    let _ = child.kill();
+    let _ = child.wait();
+    if !banner {
+        return Err("the idle VM never printed the agent banner".into());
+    }
+    rss
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; nothing else is accepted.
     if let Some(why) = kvm_unusable_reason() {
@@ -147,4 +277,66 @@ fn main() {
     println!("# medians over {boots} boots each, milliseconds; ratio = runm/qemu");
     row("start_to_banner_ms", |s| s.to_banner);
     row("banner_to_exit_ms", |s| s.banner_to_exit);
+
+    let mut agent: [(&str, Vec<Duration>); 2] = [("runm", Vec::new()), ("qemu", Vec::new())];
+    for i in 0..boots {
+        let cid = 100 + u32::try_from(i).unwrap_or(0);
+        for (name, samples) in agent.iter_mut() {
+            let t = if *name == "runm" {
+                runm_to_agent()
+            } else {
+                qemu_to_agent(&kernel, &initrd, cid)
+            };
+            match t {
+                Ok(t) => {
+                    eprintln!(
+                        "boot {i} {name}: agent answered after {:.1} ms",
+                        t.as_secs_f64() * 1e3
+                    );
+                    samples.push(t);
+                }
+                Err(e) => {
+                    eprintln!("{name} agent boot {i} failed: {e}");
+                    std::process::exit(1);
+                }
+            }
+        }
+    }
+
+    let dir = TempDir::new("bench-idle");
+    let mut runm_idle = runm_cmd();
+    runm_idle.args(["--no-agent", "--timeout", "600", "--vsock-socket"]);
+    runm_idle.arg(dir.join("vsock.sock"));
+    let measured = [
+        ("runm", idle_rss(runm_idle)),
+        ("qemu", idle_rss(qemu_cmd(&kernel, &initrd))),
+    ];
+    let mut overhead = [0u64; 2];
+    for (i, (name, m)) in measured.iter().enumerate() {
+        match m {
+            Ok((total, guest)) => {
+                println!(
+                    "{name}_idle_rss_kib total={total} guest_ram={guest} overhead={}",
+                    total - guest
+                );
+                overhead[i] = total - guest;
+            }
+            Err(e) => {
+                eprintln!("{name} idle memory: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
+    println!(
+        "vmm_overhead_ratio runm/qemu={:.2}",
+        overhead[0] as f64 / overhead[1].max(1) as f64
+    );
+
+    let [(_, r), (_, q)] = agent;
+    let (r, q) = (median(r), median(q));
+    println!(
+        "boot_to_agent_ms runm={r:.1} qemu={q:.1} ratio={:.2}",
+        r / q
+    );
+    println!("vmm_overhead_kib {}", overhead[0]);
 }

@@ -131,3 +131,46 @@ pub fn describe(out: &Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     )
 }
+
+/// The integration tests' guest initramfs (`tests/guest` as /init; `make test-guest`).
+pub fn test_initramfs() -> PathBuf {
+    let path = target_profile_dir().join("../guest/test-initramfs.cpio");
+    assert!(
+        path.is_file(),
+        "{} is missing: build it with `make test-guest`",
+        path.display()
+    );
+    path
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+#[derive(Debug)]
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("runm-test-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        Self(dir)
+    }
+
+    pub fn join(&self, p: &str) -> PathBuf {
+        self.0.join(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The `result: ...` lines the test guest printed.
+pub fn guest_results(out: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim_end_matches('\r').strip_prefix("result: "))
+        .map(str::to_string)
+        .collect()
+}

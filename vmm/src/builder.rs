@@ -19,6 +19,7 @@ use crate::devices::legacy::serial::{COM1_BASE, COM1_IRQ, COM1_LEN};
 use crate::devices::legacy::{EventFdTrigger, Serial, I8042};
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::mmio::{MmioError, MmioTransport, MMIO_LEN, NOTIFY_OFFSET};
+use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::devices::{Bus, BusError};
 use crate::event_loop::{DeviceThread, EventLoopError, Subscriber};
@@ -59,6 +60,8 @@ pub enum StartMicrovmError {
     TooManyDevices(u32),
     #[error(transparent)]
     Block(#[from] BlockError),
+    #[error(transparent)]
+    Vsock(#[from] VsockError),
     #[error("cannot start vCPU thread {id}: {source}")]
     SpawnVcpu { id: u8, source: std::io::Error },
 }
@@ -83,6 +86,16 @@ pub fn start_microvm(config: VmConfig) -> Result<Microvm, StartMicrovmError> {
             &mut buses.mmio,
             &mut virtio,
             Arc::new(Mutex::new(block)),
+        )?;
+    }
+    if let Some(vsock) = config.vsock {
+        let vsock = Vsock::new(vsock)?;
+        attach_virtio_device(
+            &vm,
+            &mem,
+            &mut buses.mmio,
+            &mut virtio,
+            Arc::new(Mutex::new(vsock)),
         )?;
     }
     let cmdline = format!("{}{}", config.cmdline, virtio.cmdline);

@@ -3,6 +3,7 @@
 use std::io::Write;
 
 use crate::devices::virtio::block::BlockConfig;
+use crate::devices::virtio::vsock::VsockConfig;
 use std::path::{Path, PathBuf};
 
 /// The smallest guest that can hold our kernel (loaded at 16 MiB), its initramfs and a
@@ -53,6 +54,8 @@ pub struct VmConfig {
     pub serial_out: Box<dyn Write + Send>,
     /// Raw disk images, attached in order as virtio-blk devices (/dev/vda, /dev/vdb, ...).
     pub disks: Vec<BlockConfig>,
+    /// A virtio-vsock device whose host side is a Unix socket (hybrid vsock).
+    pub vsock: Option<VsockConfig>,
 }
 
 impl std::fmt::Debug for VmConfig {
@@ -64,6 +67,7 @@ impl std::fmt::Debug for VmConfig {
             .field("vcpus", &self.vcpus)
             .field("mem_mib", &self.mem_mib)
             .field("disks", &self.disks)
+            .field("vsock", &self.vsock)
             .finish_non_exhaustive()
     }
 }
@@ -124,6 +128,7 @@ mod tests {
             mem_mib: 128,
             serial_out: Box::new(std::io::sink()),
             disks: Vec::new(),
+            vsock: None,
         }
     }
 

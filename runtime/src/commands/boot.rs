@@ -1,16 +1,31 @@
-//! `runm boot`: boot the guest image in a microVM, console on stdout, and wait for it.
+//! `runm boot`: boot the guest image in a microVM, console on stdout. With the agent
+//! (the default), wait until it answers a ping over vsock, print what it said, and ask it
+//! to power the VM off; with `--no-agent`, wait for the guest to stop by itself.
 
-use std::time::Duration;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use vmm::{ExitReason, VmConfig};
+use vmm::devices::virtio::block::BlockConfig;
+use vmm::devices::virtio::vsock::VsockConfig;
+use vmm::{ExitReason, Microvm, VmConfig};
 
+use crate::agent_client::AgentClient;
 use crate::cli::BootArgs;
 use crate::guest_assets::{self, Asset};
+
+/// How long a guest has to power off after the agent said it would.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub fn run(args: BootArgs) -> anyhow::Result<i32> {
     let kernel = guest_assets::locate(Asset::Kernel, args.kernel)?;
     let initrd = guest_assets::locate(Asset::Initramfs, args.initrd)?;
+    let disks = args
+        .disks
+        .iter()
+        .map(|d| parse_disk(d))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let mut cmdline = vmm::config::DEFAULT_CMDLINE.to_string();
     if !args.kernel_log {
         cmdline.push_str(" quiet");
@@ -19,6 +34,10 @@ pub fn run(args: BootArgs) -> anyhow::Result<i32> {
         cmdline.push(' ');
         cmdline.push_str(&args.cmdline);
     }
+    let scratch = ScratchDir::new()?;
+    let uds_path = args
+        .vsock_socket
+        .unwrap_or_else(|| scratch.path.join("vsock.sock"));
     let config = VmConfig {
         kernel,
         initrd: Some(initrd),
@@ -26,12 +45,95 @@ pub fn run(args: BootArgs) -> anyhow::Result<i32> {
         vcpus: args.cpus,
         mem_mib: args.memory,
         serial_out: Box::new(std::io::stdout()),
+        disks,
+        vsock: Some(VsockConfig {
+            guest_cid: args.cid,
+            uds_path: uds_path.clone(),
+        }),
     };
     log::debug!("booting {config:?}");
+    let started = Instant::now();
+    let timeout = Duration::from_secs(args.timeout);
     let mut vm = vmm::start_microvm(config).context("cannot start the microVM")?;
-    match vm.wait(Some(Duration::from_secs(args.timeout)))? {
+    if !args.no_agent {
+        talk_to_agent(&mut vm, &uds_path, timeout)?;
+    }
+    let left = timeout.saturating_sub(started.elapsed());
+    match vm.wait(Some(left.max(SHUTDOWN_GRACE)))? {
         ExitReason::GuestShutdown => Ok(0),
         ExitReason::Killed => bail!("the microVM was stopped from the host"),
         ExitReason::VcpuFailed { id, reason } => bail!("vCPU {id} failed: {reason}"),
+    }
+}
+
+/// Pings the agent, prints its answer, and asks it to power off. On any failure the VM
+/// is stopped before the error is returned.
+fn talk_to_agent(vm: &mut Microvm, uds: &std::path::Path, timeout: Duration) -> anyhow::Result<()> {
+    let result = (|| {
+        let mut agent = AgentClient::connect(uds, runm_protocol::AGENT_PORT, timeout)?;
+        let info = agent.ping(CALL_TIMEOUT)?;
+        println!(
+            "agent ready: runm-agent {} (protocol {}, kernel {})",
+            info.agent_version, info.protocol_version, info.kernel
+        );
+        agent.shutdown(CALL_TIMEOUT)
+    })();
+    if let Err(e) = result {
+        vm.kill();
+        return Err(anyhow::Error::new(e).context("cannot reach the guest agent"));
+    }
+    Ok(())
+}
+
+/// `PATH` or `PATH,ro`.
+fn parse_disk(spec: &str) -> anyhow::Result<BlockConfig> {
+    let (path, read_only) = match spec.rsplit_once(',') {
+        Some((path, "ro")) => (path, true),
+        Some((_, opt)) => bail!("--disk {spec}: unknown option {opt:?} (expected PATH or PATH,ro)"),
+        None => (spec, false),
+    };
+    if path.is_empty() {
+        bail!("--disk {spec}: empty path");
+    }
+    Ok(BlockConfig {
+        path: PathBuf::from(path),
+        read_only,
+    })
+}
+
+/// A private directory for the VM's sockets, removed when the command ends.
+struct ScratchDir {
+    path: PathBuf,
+}
+
+impl ScratchDir {
+    fn new() -> anyhow::Result<Self> {
+        let path = std::env::temp_dir().join(format!("runm-boot-{}", std::process::id()));
+        std::fs::create_dir(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        Ok(Self { path })
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.path) {
+            log::warn!("cannot remove {}: {e}", self.path.display());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_specs() {
+        let d = parse_disk("/a/b.img").unwrap();
+        assert_eq!((d.path, d.read_only), (PathBuf::from("/a/b.img"), false));
+        let d = parse_disk("/a,b.img,ro").unwrap();
+        assert_eq!((d.path, d.read_only), (PathBuf::from("/a,b.img"), true));
+        let e = parse_disk("/a.img,rw").unwrap_err().to_string();
+        assert!(e.contains("unknown option \"rw\""), "{e}");
+        assert!(parse_disk(",ro").is_err());
     }
 }

@@ -1,0 +1,239 @@
+//! virtio devices in a real guest: the agent over vsock, many concurrent vsock streams,
+//! block devices (read-write and read-only), and SMP.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use runm_tests::*;
+
+const DEADLINE: Duration = Duration::from_secs(900);
+
+#[test]
+fn the_agent_answers_a_ping_over_vsock() {
+    require_kvm();
+    let _vm = vm_lock();
+    let out = run_runm(&["boot"], DEADLINE);
+    assert!(out.status.success(), "{}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("agent ready: "))
+        .unwrap_or_else(|| panic!("no ping reply\n{}", describe(&out)));
+    let expected = format!(
+        "agent ready: runm-agent {} (protocol {}, kernel 6.12.",
+        env!("CARGO_PKG_VERSION"),
+        1
+    );
+    assert!(line.starts_with(&expected), "{line}");
+    assert_no_runm_left();
+}
+
+/// A deterministic, stream-specific byte pattern.
+fn pattern(stream: usize, len: usize) -> Vec<u8> {
+    let mut x = 0x9e37_79b9_u32.wrapping_mul(u32::try_from(stream).unwrap() + 1);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x.to_le_bytes()[0]
+        })
+        .collect()
+}
+
+/// Opens a stream to guest port `port` through the hybrid vsock socket, retrying while
+/// the guest boots.
+fn vsock_connect(uds: &Path, port: u32, deadline: Instant) -> UnixStream {
+    loop {
+        let attempt = (|| -> std::io::Result<UnixStream> {
+            let mut s = UnixStream::connect(uds)?;
+            s.write_all(format!("CONNECT {port}\n").as_bytes())?;
+            let mut line = String::new();
+            BufReader::new(s.try_clone()?).read_line(&mut line)?;
+            if line.starts_with("OK ") {
+                Ok(s)
+            } else {
+                Err(std::io::Error::other(format!("handshake: {line:?}")))
+            }
+        })();
+        match attempt {
+            Ok(s) => return s,
+            Err(e) if Instant::now() > deadline => panic!("cannot reach guest port {port}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+#[test]
+fn sixty_four_concurrent_vsock_streams_each_echo_one_mib() {
+    const STREAMS: usize = 64;
+    const LEN: usize = 1 << 20;
+    require_kvm();
+    let _vm = vm_lock();
+    let dir = TempDir::new("echo");
+    let uds = dir.join("vsock.sock");
+    let initrd = test_initramfs();
+    let child = Command::new(runm_bin())
+        .args(["boot", "--no-agent", "--timeout", "600"])
+        .arg("--initrd")
+        .arg(&initrd)
+        .arg("--vsock-socket")
+        .arg(&uds)
+        .args(["--cmdline", &format!("runm.test=echo:{STREAMS}")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn runm");
+
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !uds.exists() {
+        assert!(Instant::now() < deadline, "vsock socket never appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let workers: Vec<_> = (0..STREAMS)
+        .map(|i| {
+            let uds = uds.clone();
+            std::thread::spawn(move || {
+                let stream = vsock_connect(&uds, 5000, deadline);
+                let mut reader = stream.try_clone().unwrap();
+                let data = pattern(i, LEN);
+                let expected = data.clone();
+                let writer = std::thread::spawn(move || {
+                    let mut w = stream;
+                    w.write_all(&data).unwrap();
+                    w.shutdown(std::net::Shutdown::Write).unwrap();
+                });
+                let mut echoed = Vec::with_capacity(LEN);
+                reader.read_to_end(&mut echoed).unwrap();
+                writer.join().unwrap();
+                assert_eq!(echoed.len(), LEN, "stream {i} echoed a wrong length");
+                assert!(echoed == expected, "stream {i} echoed different bytes");
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().expect("an echo stream failed");
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let results = guest_results(&out);
+    assert!(
+        results.contains(&format!(
+            "echoed {} bytes over {STREAMS} streams",
+            STREAMS * LEN
+        )),
+        "{results:?}\n{}",
+        describe(&out)
+    );
+    assert!(!uds.exists(), "the vsock socket outlived the VM");
+    assert_no_runm_left();
+}
+
+#[test]
+fn block_writes_reach_the_host_and_a_read_only_disk_refuses_writes() {
+    require_kvm();
+    let _vm = vm_lock();
+    let dir = TempDir::new("disk");
+    let rw = dir.join("rw.img");
+    let ro = dir.join("ro.img");
+    std::fs::write(&rw, vec![0u8; 1 << 20]).unwrap();
+    let ro_content = pattern(7, 1 << 20);
+    std::fs::write(&ro, &ro_content).unwrap();
+    let token = format!("runm-disk-{}", std::process::id());
+    let out = run_runm(
+        &[
+            "boot",
+            "--no-agent",
+            "--initrd",
+            test_initramfs().to_str().unwrap(),
+            "--disk",
+            rw.to_str().unwrap(),
+            "--disk",
+            &format!("{},ro", ro.display()),
+            "--cmdline",
+            &format!("runm.test=disk:{token}"),
+        ],
+        DEADLINE,
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let results = guest_results(&out);
+    assert!(
+        results.contains(&"vda readback matches".to_string()),
+        "{results:?}"
+    );
+    assert!(
+        results.contains(&"vdb ro flag 1".to_string()),
+        "{results:?}"
+    );
+    assert!(
+        results.iter().any(|r| r.starts_with("vdb write refused")),
+        "{results:?}"
+    );
+    let host = std::fs::read(&rw).unwrap();
+    assert_eq!(
+        &host[..token.len()],
+        token.as_bytes(),
+        "the guest's write is not on the host"
+    );
+    assert!(
+        std::fs::read(&ro).unwrap() == ro_content,
+        "the read-only image changed"
+    );
+    assert_no_runm_left();
+}
+
+#[test]
+fn guests_see_two_and_four_vcpus() {
+    require_kvm();
+    let _vm = vm_lock();
+    let initrd = test_initramfs();
+    for n in [2u8, 4] {
+        let out = run_runm(
+            &[
+                "boot",
+                "--no-agent",
+                "--cpus",
+                &n.to_string(),
+                "--initrd",
+                initrd.to_str().unwrap(),
+                "--cmdline",
+                "runm.test=cpus",
+            ],
+            DEADLINE,
+        );
+        assert!(out.status.success(), "{}", describe(&out));
+        let want = format!("cpus online 0-{} ({n})", n - 1);
+        assert!(
+            guest_results(&out).contains(&want),
+            "{want}\n{}",
+            describe(&out)
+        );
+    }
+    assert_no_runm_left();
+}
+
+#[test]
+fn a_missing_disk_image_is_named_and_nothing_is_left() {
+    let _vm = vm_lock();
+    let dir = TempDir::new("nodisk");
+    let uds = dir.join("vsock.sock");
+    let out = run_runm(
+        &[
+            "boot",
+            "--disk",
+            "/nonexistent/disk.img",
+            "--vsock-socket",
+            uds.to_str().unwrap(),
+        ],
+        DEADLINE,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/disk.img"), "{}", describe(&out));
+    assert!(!uds.exists(), "a vsock socket was left behind");
+    assert_no_runm_left();
+}
