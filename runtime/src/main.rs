@@ -4,6 +4,7 @@ mod agent_client;
 mod cli;
 mod commands;
 mod guest_assets;
+mod sandbox;
 
 use clap::Parser;
 

@@ -40,6 +40,19 @@ pub(crate) enum VmEvent {
     Reset,
 }
 
+impl From<VmEvent> for ExitReason {
+    fn from(event: VmEvent) -> Self {
+        match event {
+            VmEvent::Reset => ExitReason::GuestShutdown,
+            VmEvent::Vcpu(VcpuExited { id, why }) => match why {
+                VcpuStop::Shutdown => ExitReason::GuestShutdown,
+                VcpuStop::Kicked => ExitReason::Killed,
+                VcpuStop::Failed(reason) => ExitReason::VcpuFailed { id, reason },
+            },
+        }
+    }
+}
+
 /// A `Trigger` that reports a guest reset to the VM's owner.
 #[derive(Debug)]
 pub(crate) struct ResetTrigger(pub Mutex<Sender<VmEvent>>);
@@ -90,12 +103,7 @@ impl Microvm {
             None => self.events.recv().map_err(RecvTimeoutError::from),
         };
         let reason = match event {
-            Ok(VmEvent::Reset) => ExitReason::GuestShutdown,
-            Ok(VmEvent::Vcpu(VcpuExited { id, why })) => match why {
-                VcpuStop::Shutdown => ExitReason::GuestShutdown,
-                VcpuStop::Kicked => ExitReason::Killed,
-                VcpuStop::Failed(reason) => ExitReason::VcpuFailed { id, reason },
-            },
+            Ok(event) => event.into(),
             Err(RecvTimeoutError::Timeout) => {
                 self.kill();
                 return Err(MicrovmError::Timeout(timeout.unwrap_or_default()));
@@ -111,8 +119,12 @@ impl Microvm {
         Ok(reason)
     }
 
-    /// Stops the guest now.
+    /// Stops the guest now. A guest that had already stopped by itself keeps that as its
+    /// exit reason.
     pub fn kill(&mut self) {
+        if self.exit.is_none() {
+            self.exit = self.events.try_recv().ok().map(ExitReason::from);
+        }
         self.stop_vcpus();
         self.exit.get_or_insert(ExitReason::Killed);
     }

@@ -3,20 +3,19 @@
 //! to power the VM off; with `--no-agent`, wait for the guest to stop by itself.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use vmm::devices::virtio::block::BlockConfig;
 use vmm::devices::virtio::vsock::VsockConfig;
-use vmm::{ExitReason, Microvm, VmConfig};
+use vmm::{ExitReason, VmConfig};
 
-use crate::agent_client::AgentClient;
 use crate::cli::BootArgs;
 use crate::guest_assets::{self, Asset};
+use crate::sandbox::Sandbox;
 
 /// How long a guest has to power off after the agent said it would.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
-const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub fn run(args: BootArgs) -> anyhow::Result<i32> {
     let kernel = guest_assets::locate(Asset::Kernel, args.kernel)?;
@@ -52,37 +51,24 @@ pub fn run(args: BootArgs) -> anyhow::Result<i32> {
         }),
     };
     log::debug!("booting {config:?}");
-    let started = Instant::now();
     let timeout = Duration::from_secs(args.timeout);
-    let mut vm = vmm::start_microvm(config).context("cannot start the microVM")?;
-    if !args.no_agent {
-        talk_to_agent(&mut vm, &uds_path, timeout)?;
-    }
-    let left = timeout.saturating_sub(started.elapsed());
-    match vm.wait(Some(left.max(SHUTDOWN_GRACE)))? {
-        ExitReason::GuestShutdown => Ok(0),
-        ExitReason::Killed => bail!("the microVM was stopped from the host"),
-        ExitReason::VcpuFailed { id, reason } => bail!("vCPU {id} failed: {reason}"),
-    }
-}
-
-/// Pings the agent, prints its answer, and asks it to power off. On any failure the VM
-/// is stopped before the error is returned.
-fn talk_to_agent(vm: &mut Microvm, uds: &std::path::Path, timeout: Duration) -> anyhow::Result<()> {
-    let result = (|| {
-        let mut agent = AgentClient::connect(uds, runm_protocol::AGENT_PORT, timeout)?;
-        let info = agent.ping(CALL_TIMEOUT)?;
+    let exit = if args.no_agent {
+        let mut vm = vmm::start_microvm(config).context("cannot start the microVM")?;
+        vm.wait(Some(timeout))?
+    } else {
+        let sandbox = Sandbox::start(config, timeout)?;
+        let info = sandbox.agent_info();
         println!(
             "agent ready: runm-agent {} (protocol {}, kernel {})",
             info.agent_version, info.protocol_version, info.kernel
         );
-        agent.shutdown(CALL_TIMEOUT)
-    })();
-    if let Err(e) = result {
-        vm.kill();
-        return Err(anyhow::Error::new(e).context("cannot reach the guest agent"));
+        sandbox.stop(SHUTDOWN_GRACE)?
+    };
+    match exit {
+        ExitReason::GuestShutdown => Ok(0),
+        ExitReason::Killed => bail!("the microVM was stopped from the host"),
+        ExitReason::VcpuFailed { id, reason } => bail!("vCPU {id} failed: {reason}"),
     }
-    Ok(())
 }
 
 /// `PATH` or `PATH,ro`.
