@@ -41,6 +41,13 @@ fn error_message(e: &anyhow::Error) -> String {
     out
 }
 
+fn init_logging(global: &cli::GlobalOpts) {
+    let level = if global.debug { "debug" } else { "warn" };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        .format_timestamp_millis()
+        .init();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -60,11 +67,4 @@ mod tests {
             "cannot start the microVM: kernel image /k: no such file"
         );
     }
-}
-
-fn init_logging(global: &cli::GlobalOpts) {
-    let level = if global.debug { "debug" } else { "warn" };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
-        .format_timestamp_millis()
-        .init();
 }
