@@ -610,6 +610,106 @@ fn guest_to_host_credit_is_enforced_and_updated() {
     assert!(read < total, "the excess was not delivered");
 }
 
+/// A stream whose host does not read: the guest sends a whole buffer's worth
+/// (`CONN_BUF_ALLOC`), more than the host socket takes, so the device holds the rest.
+/// Returns the host socket, the host port and the bytes sent.
+fn stream_with_held_bytes(h: &mut Harness, port: u32) -> (UnixStream, u32, Vec<u8>) {
+    let (s, hp) = host_stream(h, port, 64 * 1024);
+    let sent: Vec<u8> = (0..CONN_BUF_ALLOC).map(|i| (i % 253) as u8).collect();
+    for chunk in sent.chunks(64 * 1024) {
+        h.guest.send(Hdr::guest(OP_RW, port, hp), chunk);
+    }
+    h.pump();
+    let (held, _) = h.dev.lock().unwrap().muxer.held_bytes();
+    assert!(held > 0, "the host socket took everything; nothing is held");
+    // Forget the credit updates meanwhile.
+    h.guest.tx_used();
+    h.recv();
+    (s, hp, sent)
+}
+
+/// Reads a host socket to EOF, running the loop meanwhile.
+fn host_read_to_eof(h: &mut Harness, s: &mut UnixStream) -> Vec<u8> {
+    s.set_nonblocking(true).unwrap();
+    let mut got = Vec::new();
+    h.until("host EOF", |_| {
+        let mut b = [0u8; 64 * 1024];
+        loop {
+            match s.read(&mut b) {
+                Ok(0) => return Some(()),
+                Ok(n) => got.extend_from_slice(&b[..n]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return None,
+                Err(e) => panic!("host read: {e}"),
+            }
+        }
+    });
+    got
+}
+
+#[test]
+fn held_guest_bytes_reach_the_host_after_the_guest_resets_the_stream() {
+    let mem = test_mem();
+    let mut h = Harness::new(&mem);
+    h.guest.post_rx(16, 4096);
+    let (mut s, hp, sent) = stream_with_held_bytes(&mut h, 96);
+    // Linux's close: SHUTDOWN, then a RST when no RST came back in time.
+    let mut shut = Hdr::guest(OP_SHUTDOWN, 96, hp);
+    shut.flags = SHUTDOWN_BOTH;
+    h.guest.send(shut, &[]);
+    h.guest.send(Hdr::guest(OP_RST, 96, hp), &[]);
+    h.pump();
+    let (open, draining) = h.dev.lock().unwrap().muxer.held_bytes();
+    assert_eq!(open, 0, "the stream ended");
+    assert!(draining > 0);
+    // The host reads late, and still gets every byte before EOF.
+    let got = host_read_to_eof(&mut h, &mut s);
+    assert_eq!(got.len(), sent.len(), "the host got a truncated stream");
+    assert!(got == sent);
+    assert_eq!(h.dev.lock().unwrap().muxer.held_bytes(), (0, 0));
+    // The ended stream's port is free again at once.
+    h.recv();
+    h.guest.send(Hdr::guest(OP_RW, 96, hp), b"late");
+    assert_eq!(h.next_packet().0.op, OP_RST);
+}
+
+#[test]
+fn held_guest_bytes_the_host_never_reads_are_given_up_after_a_while() {
+    let mem = test_mem();
+    let mut h = Harness::new(&mem);
+    h.dev.lock().unwrap().muxer.drains.timeout = Duration::from_millis(50);
+    h.guest.post_rx(16, 4096);
+    let (mut s, hp, sent) = stream_with_held_bytes(&mut h, 97);
+    h.guest.send(Hdr::guest(OP_RST, 97, hp), &[]);
+    h.pump();
+    std::thread::sleep(Duration::from_millis(100));
+    h.until("the drain timeout", |h| {
+        (h.dev.lock().unwrap().muxer.held_bytes() == (0, 0)).then_some(())
+    });
+    let got = host_read_to_eof(&mut h, &mut s);
+    assert!(got.len() < sent.len());
+    assert!(got == sent[..got.len()], "what arrived is a prefix");
+}
+
+#[test]
+fn dropping_the_device_closes_open_and_ended_streams() {
+    let mem = test_mem();
+    let mut h = Harness::new(&mem);
+    h.guest.post_rx(16, 4096);
+    let (mut open, _, sent) = stream_with_held_bytes(&mut h, 100);
+    let (mut ended, hp, _) = stream_with_held_bytes(&mut h, 101);
+    h.guest.send(Hdr::guest(OP_RST, 101, hp), &[]);
+    h.pump();
+    assert!(h.dev.lock().unwrap().muxer.held_bytes().1 > 0);
+    drop(h);
+    // Nothing keeps the sockets open: the hosts read what fit, then EOF.
+    for s in [&mut open, &mut ended] {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        assert!(got.len() < sent.len() && got == sent[..got.len()]);
+    }
+}
+
 #[test]
 fn credit_request_is_answered() {
     let mem = test_mem();
