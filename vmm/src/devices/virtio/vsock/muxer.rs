@@ -557,8 +557,13 @@ impl Muxer {
         }
     }
 
-    /// Ends every stream and sends host clients away; guest bytes still held go to the
-    /// host first, as after any end of a stream.
+    /// The driver reset the device: every stream ends (the guest side of it is gone), and
+    /// host clients are sent away. Guest bytes still held go to the host first, as after
+    /// any end of a stream; the listener stays for the next driver.
+    pub(super) fn reset(&mut self) {
+        self.end_all("the driver reset the device");
+    }
+
     fn end_all(&mut self, why: &str) {
         let keys: Vec<ConnKey> = self.conns.keys().copied().collect();
         for key in keys {
