@@ -232,6 +232,15 @@ impl Connection {
         self.buf.len()
     }
 
+    /// Whether the host may still be waiting for guest bytes: the stream is up, the guest
+    /// has not ended its sending side, and the host socket can still take bytes.
+    pub(super) fn host_awaits_guest_data(&self) -> bool {
+        self.state == State::Established
+            && self.peer_shutdown & SHUTDOWN_SEND == 0
+            && !self.hup
+            && !self.write_failed
+    }
+
     /// Counters for log lines about how a stream ended.
     pub(super) fn summary(&self) -> String {
         format!(

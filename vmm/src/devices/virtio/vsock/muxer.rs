@@ -568,11 +568,22 @@ impl Muxer {
         let keys: Vec<ConnKey> = self.conns.keys().copied().collect();
         for key in keys {
             if let Some(conn) = self.conns.get(&key) {
-                log::info!(
-                    "vsock cid {}: {key}: still open; closed as {why} ({})",
-                    self.cid,
-                    conn.summary()
-                );
+                if conn.host_awaits_guest_data() {
+                    // The host reads EOF where the guest never ended its stream: what the
+                    // guest had not sent yet (if anything) is lost.
+                    log::warn!(
+                        "vsock cid {}: {key}: {why} before the guest finished sending; \
+                         the host sees EOF ({})",
+                        self.cid,
+                        conn.summary()
+                    );
+                } else {
+                    log::info!(
+                        "vsock cid {}: {key}: still open; closed as {why} ({})",
+                        self.cid,
+                        conn.summary()
+                    );
+                }
             }
             self.remove(key, Finish::Silent);
         }
