@@ -23,6 +23,13 @@ fn main() {
     });
 }
 
+fn init_logging(global: &cli::GlobalOpts) {
+    let level = if global.debug { "debug" } else { "warn" };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        .format_timestamp_millis()
+        .init();
+}
+
 /// The error and its causes on one line. Many of our errors already include their source
 /// in their message (so that they read well on their own); a cause whose text is already
 /// there is not repeated.

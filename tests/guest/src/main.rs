@@ -14,10 +14,13 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use nix::sys::socket::{setsockopt, sockopt};
 use runm_agent::init;
 use vsock::{VsockListener, VMADDR_CID_ANY};
 
 const ECHO_PORT: u32 = 5000;
+/// How long closing an echo stream may wait for the host to have taken every byte.
+const ECHO_LINGER_SECS: i32 = 120;
 
 fn main() {
     if let Err(e) = init::setup() {
@@ -50,6 +53,16 @@ fn echo(streams: usize) -> Result<(), String> {
     let mut handles = Vec::new();
     for conn in listener.incoming().take(streams) {
         let mut stream = conn.map_err(|e| format!("accept: {e}"))?;
+        // A vsock write returns once the bytes are queued in the guest kernel, and the
+        // kernel drops that queue when it resets the device at power-off. Lingering makes
+        // the close below wait for the device's RST, which it sends only after the host
+        // socket took every byte (virtio_transport_close -> virtio_transport_wait_close).
+        let linger = nix::libc::linger {
+            l_onoff: 1,
+            l_linger: ECHO_LINGER_SECS,
+        };
+        setsockopt(&stream, sockopt::Linger, &linger)
+            .map_err(|e| format!("SO_LINGER on an echo stream: {e}"))?;
         let done = done.clone();
         handles.push(std::thread::spawn(move || {
             let mut buf = vec![0u8; 64 * 1024];
@@ -67,6 +80,8 @@ fn echo(streams: usize) -> Result<(), String> {
                 }
             }
             let _ = stream.shutdown(std::net::Shutdown::Write);
+            // Waits (lingers) until the host has everything; see above.
+            drop(stream);
             done.fetch_add(1, Ordering::SeqCst);
             total
         }));

@@ -43,6 +43,17 @@ enum State {
     Established,
 }
 
+/// Where a stream that ended stands with the guest bytes it still held.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Drain {
+    /// Every byte reached the host socket.
+    Done,
+    /// The host socket is full: wait for it to be writable.
+    Blocked,
+    /// The host socket failed; what was held is lost (and was logged).
+    Failed,
+}
+
 /// How a connection ended, once it has.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Finish {
@@ -136,6 +147,8 @@ pub(super) struct Connection {
     readable: bool,
     writable: bool,
     write_shut: bool,
+    /// A write to the host socket failed: it takes no more bytes.
+    write_failed: bool,
     credit_requested: bool,
     buf: PendingBytes,
     finish: Option<Finish>,
@@ -170,6 +183,7 @@ impl Connection {
             readable: true,
             writable: true,
             write_shut: false,
+            write_failed: false,
             credit_requested: false,
             buf: PendingBytes::default(),
             finish: None,
@@ -207,6 +221,36 @@ impl Connection {
         c.peer_fwd_cnt = peer_fwd_cnt;
         c.pending = CTRL_RESPONSE;
         c
+    }
+
+    pub(super) fn key(&self) -> ConnKey {
+        self.key
+    }
+
+    /// Guest bytes accepted but not yet taken by the host socket.
+    pub(super) fn held(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Whether the host may still be waiting for guest bytes: the stream is up, the guest
+    /// has not ended its sending side, and the host socket can still take bytes.
+    pub(super) fn host_awaits_guest_data(&self) -> bool {
+        self.state == State::Established
+            && self.peer_shutdown & SHUTDOWN_SEND == 0
+            && !self.hup
+            && !self.write_failed
+    }
+
+    /// Counters for log lines about how a stream ended.
+    pub(super) fn summary(&self) -> String {
+        format!(
+            "guest sent {} bytes (SHUTDOWN flags {:#x}), host took {}, {} held; host sent {}",
+            self.rx_cnt,
+            self.peer_shutdown,
+            self.fwd_cnt,
+            self.buf.len(),
+            self.tx_cnt
+        )
     }
 
     pub(super) fn stream(&self) -> &UnixStream {
@@ -343,6 +387,8 @@ impl Connection {
             return;
         }
         self.rx_cnt = add_bytes(self.rx_cnt, len);
+        // Bytes of this packet written to the host socket before the current piece.
+        let mut written = 0;
         for piece in data {
             let mut done = 0;
             while done < piece.len() && self.buf.is_empty() && self.writable {
@@ -358,11 +404,13 @@ impl Connection {
                         self.writable = false;
                     }
                     Err(e) => {
-                        self.write_failed(&e);
+                        // Nothing is held here (the loop only writes while nothing is).
+                        self.write_failed(&e, len - written - done);
                         return;
                     }
                 }
             }
+            written += done;
             if done < piece.len() {
                 if let Ok(rest) = piece.offset(done) {
                     self.buf.push(&rest);
@@ -371,12 +419,16 @@ impl Connection {
         }
     }
 
-    fn write_failed(&mut self, e: &dyn std::fmt::Display) {
-        log::debug!(
-            "vsock cid {}: {}: host socket write failed: {e}; resetting",
+    /// The host socket refused bytes: they, and those held, are lost.
+    fn write_failed(&mut self, e: &dyn std::fmt::Display, unsent: usize) {
+        self.write_failed = true;
+        log::warn!(
+            "vsock cid {}: {}: host socket write failed ({e}): {} guest bytes lost; the stream is reset",
             self.cid,
-            self.key
+            self.key,
+            unsent + self.buf.len()
         );
+        self.buf.consume(self.buf.len());
         self.reset();
     }
 
@@ -397,6 +449,22 @@ impl Connection {
     /// Writes what the host socket takes of the held guest bytes; once they are all out
     /// and the guest sends no more, the host sees EOF.
     fn flush(&mut self) {
+        if self.write_held() != Drain::Done {
+            return;
+        }
+        if self.peer_shutdown & SHUTDOWN_SEND != 0 && !self.write_shut {
+            self.write_shut = true;
+            if let Err(e) = self.stream.shutdown(Shutdown::Write) {
+                log::debug!("vsock cid {}: {}: shutdown(Write): {e}", self.cid, self.key);
+            }
+        }
+    }
+
+    /// Writes held guest bytes until the host socket is full or they are all out.
+    fn write_held(&mut self) -> Drain {
+        if self.write_failed {
+            return Drain::Failed;
+        }
         while !self.buf.is_empty() {
             match (&self.stream).write(self.buf.bytes()) {
                 Ok(0) => break,
@@ -407,20 +475,32 @@ impl Connection {
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     self.writable = false;
-                    return;
+                    return Drain::Blocked;
                 }
                 Err(e) => {
-                    self.write_failed(&e);
-                    return;
+                    self.write_failed(&e, 0);
+                    return Drain::Failed;
                 }
             }
         }
-        if self.buf.is_empty() && self.peer_shutdown & SHUTDOWN_SEND != 0 && !self.write_shut {
-            self.write_shut = true;
-            if let Err(e) = self.stream.shutdown(Shutdown::Write) {
-                log::debug!("vsock cid {}: {}: shutdown(Write): {e}", self.cid, self.key);
-            }
+        if self.buf.is_empty() {
+            Drain::Done
+        } else {
+            Drain::Blocked
         }
+    }
+
+    /// The stream has ended but still holds guest bytes: the host gets them before it
+    /// sees EOF, as it would had they fit in its socket before the end. Call again when
+    /// epoll reports the socket (`set`) until it is no longer `Blocked`.
+    pub(super) fn drain(&mut self, set: EventSet) -> Drain {
+        if set.intersects(EventSet::OUT | EventSet::HANG_UP | EventSet::ERROR) {
+            self.writable = true;
+        }
+        if !self.writable && !self.write_failed {
+            return Drain::Blocked;
+        }
+        self.write_held()
     }
 
     /// What epoll reported for the host socket.
@@ -498,7 +578,7 @@ impl Connection {
                     return 0;
                 }
                 Err(e) => {
-                    log::debug!(
+                    log::warn!(
                         "vsock cid {}: {}: host socket read failed: {e}; resetting",
                         self.cid,
                         self.key

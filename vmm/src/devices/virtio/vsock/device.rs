@@ -161,6 +161,10 @@ pub struct Vsock {
     pub(super) timer_at: Option<Instant>,
     pub(super) muxer: Muxer,
     pub(super) active: Option<Active>,
+    /// Queue eventfds of a driver that reset the device: registered with the event loop
+    /// until the device thread removes them (closing them first would leave the
+    /// registration alive through the transport's copies).
+    pub(super) stale_notify: Vec<EventFd>,
 }
 
 impl std::fmt::Debug for Vsock {
@@ -214,6 +218,7 @@ impl Vsock {
             timer,
             timer_at: None,
             active: None,
+            stale_notify: Vec::new(),
         })
     }
 
@@ -344,6 +349,25 @@ impl VirtioDevice for Vsock {
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         // struct virtio_vsock_config { le64 guest_cid; }
         read_config_bytes(&self.cid.to_le_bytes(), offset, data);
+    }
+
+    /// The driver wrote status 0 (Linux does at every power-off): forget its queues and
+    /// end every stream; the listener stays, so a driver that activates the device again
+    /// serves host clients as before. Called on a vCPU thread: the device thread
+    /// unregisters the queue eventfds and closes the host sockets.
+    fn reset(&mut self) -> bool {
+        if let Some(active) = self.active.take() {
+            if active.registered {
+                self.stale_notify
+                    .extend(active.queues.into_iter().map(|q| q.notify));
+            }
+        }
+        self.acked_features = 0;
+        self.muxer.reset();
+        if let Err(e) = self.activate_evt.write(1) {
+            log::error!("vsock cid {}: cannot wake the device thread: {e}", self.cid);
+        }
+        true
     }
 
     fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {

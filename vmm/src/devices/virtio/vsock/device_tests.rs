@@ -610,6 +610,229 @@ fn guest_to_host_credit_is_enforced_and_updated() {
     assert!(read < total, "the excess was not delivered");
 }
 
+/// A stream whose host does not read: the guest sends a whole buffer's worth
+/// (`CONN_BUF_ALLOC`), more than the host socket takes, so the device holds the rest.
+/// Returns the host socket, the host port and the bytes sent.
+fn stream_with_held_bytes(h: &mut Harness, port: u32) -> (UnixStream, u32, Vec<u8>) {
+    let (s, hp) = host_stream(h, port, 64 * 1024);
+    let sent: Vec<u8> = (0..CONN_BUF_ALLOC).map(|i| (i % 253) as u8).collect();
+    for chunk in sent.chunks(64 * 1024) {
+        h.guest.send(Hdr::guest(OP_RW, port, hp), chunk);
+    }
+    h.pump();
+    let (held, _) = h.dev.lock().unwrap().muxer.held_bytes();
+    assert!(held > 0, "the host socket took everything; nothing is held");
+    // Forget the credit updates meanwhile.
+    h.guest.tx_used();
+    h.recv();
+    (s, hp, sent)
+}
+
+/// Reads a host socket to EOF, running the loop meanwhile.
+fn host_read_to_eof(h: &mut Harness, s: &mut UnixStream) -> Vec<u8> {
+    s.set_nonblocking(true).unwrap();
+    let mut got = Vec::new();
+    h.until("host EOF", |_| {
+        let mut b = [0u8; 64 * 1024];
+        loop {
+            match s.read(&mut b) {
+                Ok(0) => return Some(()),
+                Ok(n) => got.extend_from_slice(&b[..n]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return None,
+                Err(e) => panic!("host read: {e}"),
+            }
+        }
+    });
+    got
+}
+
+#[test]
+fn held_guest_bytes_reach_the_host_after_the_guest_resets_the_stream() {
+    let mem = test_mem();
+    let mut h = Harness::new(&mem);
+    h.guest.post_rx(16, 4096);
+    let (mut s, hp, sent) = stream_with_held_bytes(&mut h, 96);
+    // Linux's close: SHUTDOWN, then a RST when no RST came back in time.
+    let mut shut = Hdr::guest(OP_SHUTDOWN, 96, hp);
+    shut.flags = SHUTDOWN_BOTH;
+    h.guest.send(shut, &[]);
+    h.guest.send(Hdr::guest(OP_RST, 96, hp), &[]);
+    h.pump();
+    let (open, draining) = h.dev.lock().unwrap().muxer.held_bytes();
+    assert_eq!(open, 0, "the stream ended");
+    assert!(draining > 0);
+    // The host reads late, and still gets every byte before EOF.
+    let got = host_read_to_eof(&mut h, &mut s);
+    assert_eq!(got.len(), sent.len(), "the host got a truncated stream");
+    assert!(got == sent);
+    assert_eq!(h.dev.lock().unwrap().muxer.held_bytes(), (0, 0));
+    // The ended stream's port is free again at once.
+    h.recv();
+    h.guest.send(Hdr::guest(OP_RW, 96, hp), b"late");
+    assert_eq!(h.next_packet().0.op, OP_RST);
+}
+
+#[test]
+fn held_guest_bytes_the_host_never_reads_are_given_up_after_a_while() {
+    let mem = test_mem();
+    let mut h = Harness::new(&mem);
+    h.dev.lock().unwrap().muxer.drains.timeout = Duration::from_millis(50);
+    h.guest.post_rx(16, 4096);
+    let (mut s, hp, sent) = stream_with_held_bytes(&mut h, 97);
+    h.guest.send(Hdr::guest(OP_RST, 97, hp), &[]);
+    h.pump();
+    std::thread::sleep(Duration::from_millis(100));
+    h.until("the drain timeout", |h| {
+        (h.dev.lock().unwrap().muxer.held_bytes() == (0, 0)).then_some(())
+    });
+    let got = host_read_to_eof(&mut h, &mut s);
+    assert!(got.len() < sent.len());
+    assert!(got == sent[..got.len()], "what arrived is a prefix");
+}
+
+#[test]
+fn dropping_the_device_closes_open_and_ended_streams() {
+    let mem = test_mem();
+    let mut h = Harness::new(&mem);
+    h.guest.post_rx(16, 4096);
+    let (mut open, _, sent) = stream_with_held_bytes(&mut h, 100);
+    let (mut ended, hp, _) = stream_with_held_bytes(&mut h, 101);
+    h.guest.send(Hdr::guest(OP_RST, 101, hp), &[]);
+    h.pump();
+    assert!(h.dev.lock().unwrap().muxer.held_bytes().1 > 0);
+    drop(h);
+    // Nothing keeps the sockets open: the hosts read what fit, then EOF.
+    for s in [&mut open, &mut ended] {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        assert!(got.len() < sent.len() && got == sent[..got.len()]);
+    }
+}
+
+#[test]
+fn reset_ends_every_stream_and_a_new_driver_is_served() {
+    let mem = test_mem();
+    let mut h = Harness::new(&mem);
+    h.guest.post_rx(16, 4096);
+    // A host-initiated stream holding guest bytes, a guest-initiated one, and a host
+    // client still writing its CONNECT line.
+    let (mut held, _, sent) = stream_with_held_bytes(&mut h, 98);
+    let listener = UnixListener::bind(h.service_path(54)).unwrap();
+    h.guest.send(Hdr::guest(OP_REQUEST, 2002, 54), &[]);
+    assert_eq!(h.next_packet().0.op, OP_RESPONSE);
+    let (mut guest_side, _) = listener.accept().unwrap();
+    let mut client = UnixStream::connect(&h.uds).unwrap();
+    client.write_all(b"CONNECT 5").unwrap();
+    h.pump();
+
+    h.reset_device();
+    assert!(h.dev.lock().unwrap().active.is_none());
+    host_expect_eof(&mut h, &mut guest_side);
+    host_expect_eof(&mut h, &mut client);
+    let got = host_read_to_eof(&mut h, &mut held);
+    assert!(got == sent, "held bytes reach the host before EOF");
+    assert_eq!(h.guest.recv_raw().len(), 0, "no RST for a reset driver");
+
+    // The old queues are not served, nor even watched.
+    h.guest.tx_used();
+    h.guest.send(Hdr::guest(OP_REQUEST, 2003, 54), &[]);
+    assert_eq!(
+        h.em.run_with_timeout(0).unwrap(),
+        0,
+        "queue eventfd still watched"
+    );
+    assert_eq!(h.guest.tx_used(), 0);
+    listener.set_nonblocking(true).unwrap();
+    assert!(listener.accept().is_err());
+
+    // The listener stayed: a host client waits for the next driver, which serves it.
+    let mut s = UnixStream::connect(&h.uds).unwrap();
+    s.write_all(b"CONNECT 99\n").unwrap();
+    h.pump();
+    h.reactivate();
+    h.guest.post_rx(16, 4096);
+    let (req, _) = h.next_packet();
+    assert_eq!((req.op, req.dst_port), (OP_REQUEST, 99));
+    h.guest.send(Hdr::guest(OP_RESPONSE, 99, req.src_port), &[]);
+    let ok = format!("OK {}\n", req.src_port);
+    assert_eq!(host_read(&mut h, &mut s, ok.len()), ok.as_bytes());
+    h.guest.send(Hdr::guest(OP_RW, 99, req.src_port), b"again");
+    assert_eq!(host_read(&mut h, &mut s, 5), b"again");
+}
+
+/// Linux 6.12 writes status 0 to every virtio device at power-off: the transport must not
+/// answer with DEVICE_NEEDS_RESET, and the event loop must let go of the queues.
+#[test]
+fn driver_reset_through_the_transport() {
+    use crate::devices::virtio::{status, MmioTransport, VIRTIO_F_VERSION_1};
+    use crate::devices::BusDevice;
+    use std::sync::{Arc, Mutex};
+
+    fn wr(t: &mut MmioTransport, reg: u64, v: u32) {
+        t.write(reg, &v.to_le_bytes());
+    }
+    fn rd(t: &mut MmioTransport, reg: u64) -> u32 {
+        let mut b = [0u8; 4];
+        t.read(reg, &mut b);
+        u32::from_le_bytes(b)
+    }
+    let lo = |a: u64| u32::try_from(a & 0xffff_ffff).unwrap();
+    let hi = |a: u64| u32::try_from(a >> 32).unwrap();
+
+    let mem = test_mem();
+    let dir = TestDir::new();
+    let dev = Arc::new(Mutex::new(device(&dir)));
+    let mut em = event_manager::EventManager::<Arc<Mutex<Vsock>>>::new().unwrap();
+    event_manager::SubscriberOps::add_subscriber(&mut em, dev.clone());
+    let irq = Arc::new(Interrupt::new(
+        vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+    ));
+    let as_virtio: Arc<Mutex<dyn VirtioDevice>> = dev.clone();
+    let mut t = MmioTransport::new(as_virtio, mem.clone(), irq).unwrap();
+    let guest = TestGuest::new(&mem);
+    let features_ok = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK;
+    wr(&mut t, 0x70, status::ACKNOWLEDGE | status::DRIVER);
+    wr(&mut t, 0x24, 1);
+    wr(&mut t, 0x20, hi(VIRTIO_F_VERSION_1));
+    wr(&mut t, 0x70, features_ok);
+    for (index, queue) in (0u32..3).zip(0usize..) {
+        wr(&mut t, 0x30, index);
+        wr(&mut t, 0x38, u32::from(QUEUE_SIZE));
+        for (reg, addr) in [0x80, 0x90, 0xa0].into_iter().zip(guest.ring_addrs(queue)) {
+            wr(&mut t, reg, lo(addr));
+            wr(&mut t, reg + 4, hi(addr));
+        }
+        wr(&mut t, 0x44, 1);
+    }
+    wr(&mut t, 0x70, features_ok | status::DRIVER_OK);
+    assert_eq!(rd(&mut t, 0x70), features_ok | status::DRIVER_OK);
+    em.run_with_timeout(0).unwrap();
+    assert!(dev.lock().unwrap().active.as_ref().unwrap().registered);
+
+    wr(&mut t, 0x70, 0);
+    assert_eq!(rd(&mut t, 0x70), 0, "reset, not DEVICE_NEEDS_RESET");
+    assert!(dev.lock().unwrap().active.is_none());
+    em.run_with_timeout(0).unwrap();
+    assert!(dev.lock().unwrap().stale_notify.is_empty());
+    // A notify for the old queues wakes nobody.
+    wr(&mut t, 0x50, u32::try_from(TXQ_INDEX).unwrap());
+    assert_eq!(em.run_with_timeout(0).unwrap(), 0);
+}
+
+#[test]
+fn reset_before_the_device_thread_saw_the_activation() {
+    let mem = test_mem();
+    let dir = TestDir::new();
+    let mut dev = device(&dir);
+    assert!(dev.reset(), "an inactive device resets too");
+    let guest = TestGuest::new(&mem);
+    dev.activate(guest.activation()).unwrap();
+    assert!(dev.reset());
+    assert!(dev.stale_notify.is_empty(), "nothing was registered yet");
+    dev.activate(guest.activation()).unwrap();
+}
+
 #[test]
 fn credit_request_is_answered() {
     let mem = test_mem();

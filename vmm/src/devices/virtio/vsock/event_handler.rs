@@ -1,5 +1,6 @@
 //! The vsock device on the VM's device thread: which fd woke us, and the epoll
-//! registrations the muxer asked for. The work itself is in `device.rs` and `muxer.rs`.
+//! registrations that the muxer, and a driver's activation or reset, asked for. The work
+//! itself is in `device.rs` and `muxer.rs`.
 
 use std::os::fd::AsRawFd;
 use std::time::Instant;
@@ -33,10 +34,18 @@ impl Vsock {
         }
     }
 
-    /// The driver set DRIVER_OK: listen to the queues from now on.
+    /// The driver set DRIVER_OK, or reset the device: listen to the queues it has now.
     fn on_activate(&mut self, ops: &mut EventOps) {
         if let Err(e) = self.activate_evt.read() {
             log::debug!("vsock cid {}: activate event: {e}", self.cid());
+        }
+        for notify in std::mem::take(&mut self.stale_notify) {
+            if let Err(e) = ops.remove(Events::empty(&notify)) {
+                log::error!(
+                    "vsock cid {}: cannot unregister a queue eventfd: {e}",
+                    self.cid()
+                );
+            }
         }
         let Some(active) = self.active.as_ref() else {
             return;

@@ -10,7 +10,8 @@
 //!
 //! `device.rs` is the virtio side (config space, queues), `muxer.rs` routes packets between
 //! the queues and the connections, `connection.rs` is one stream's state and credit
-//! accounting, `event_handler.rs` the epoll glue. Packets are parsed by the `virtio-vsock`
+//! accounting, `drain.rs` keeps ended streams until their host has the guest's last bytes,
+//! `event_handler.rs` the epoll glue. Packets are parsed by the `virtio-vsock`
 //! crate; nothing from the guest is trusted: bad chains, CIDs or lengths are dropped with a
 //! log line, protocol violations on a stream reset it.
 //!
@@ -18,9 +19,17 @@
 //! guest has both an rx buffer and credit for it; guest-to-host data that the Unix socket
 //! cannot take now is held up to the [`CONN_BUF_ALLOC`] we advertise, and a guest that sends
 //! past its credit gets the stream reset.
+//!
+//! Guest bytes are never dropped silently: bytes held when a stream ends (the guest's RST,
+//! our reset, a driver reset) still go to the host socket before it is closed, for up to
+//! [`DRAIN_TIMEOUT`]; bytes that cannot be delivered (the host socket fails or never reads,
+//! the VMM exits, a data packet for no stream) are logged at warn level with the reason.
+//! A guest that powers off must still wait for its own bytes to leave it: Linux queues
+//! vsock writes in the guest and drops that queue when it resets the device at shutdown.
 
 mod connection;
 mod device;
+mod drain;
 mod event_handler;
 mod muxer;
 #[cfg(test)]
@@ -79,6 +88,9 @@ pub const FIRST_LOCAL_PORT: u32 = 1 << 30;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the guest has to answer our full SHUTDOWN with a RST before we reset.
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a stream that ended (closed, reset, or the device reset) keeps its host socket
+/// while the host has not read the guest bytes we still hold for it.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the builder configures.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -7,6 +7,9 @@
 //! starves the others and nothing is read from a host socket before there is an rx buffer
 //! and credit for it.
 //!
+//! A stream that ends while still holding guest bytes for its host socket goes to
+//! `drain.rs` until the host has them.
+//!
 //! The muxer does not touch epoll; it records which socket fds to add and which to remove
 //! (keeping a closed stream open until then, so its fd number cannot be reused while still
 //! registered) for the event handler to apply.
@@ -26,6 +29,7 @@ use vm_memory::bitmap::BitmapSlice;
 use vm_memory::VolatileSlice;
 
 use super::connection::{ConnKey, Connection, Finish};
+use super::drain::Drains;
 use super::{
     CONNECT_TIMEOUT, FIRST_LOCAL_PORT, HOST_CID, MAX_CONNECTIONS, MAX_CONNECT_LINE,
     MAX_PENDING_RST, OP_REQUEST, OP_RST, OP_RW, SHUTDOWN_TIMEOUT, TYPE_STREAM,
@@ -62,6 +66,8 @@ pub(super) struct Muxer {
     ctrl_q: VecDeque<ConnKey>,
     data_q: VecDeque<ConnKey>,
     deadlines: BinaryHeap<Reverse<(Instant, ConnKey)>>,
+    /// Ended streams still handing held guest bytes to their host.
+    pub(super) drains: Drains,
     fd_changes: Vec<FdChange>,
     /// MAX_CONNECTIONS, CONNECT_TIMEOUT and SHUTDOWN_TIMEOUT, lowered by tests.
     pub(super) max_connections: usize,
@@ -135,6 +141,7 @@ impl Muxer {
             ctrl_q: VecDeque::new(),
             data_q: VecDeque::new(),
             deadlines: BinaryHeap::new(),
+            drains: Drains::new(cid),
             fd_changes: Vec::new(),
             max_connections: MAX_CONNECTIONS,
             connect_timeout: CONNECT_TIMEOUT,
@@ -147,7 +154,7 @@ impl Muxer {
     }
 
     fn stream_count(&self) -> usize {
-        self.conns.len() + self.clients.len()
+        self.conns.len() + self.clients.len() + self.drains.len()
     }
 
     /// Epoll changes recorded since the last call.
@@ -162,7 +169,11 @@ impl Muxer {
 
     /// The earliest connection deadline (possibly one that no longer applies).
     pub(super) fn next_deadline(&self) -> Option<Instant> {
-        self.deadlines.peek().map(|Reverse((at, _))| *at)
+        let conn = self.deadlines.peek().map(|Reverse((at, _))| *at);
+        match (conn, self.drains.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn queue_rst(&mut self, key: ConnKey) {
@@ -218,7 +229,10 @@ impl Muxer {
         if finish == Finish::Rst {
             self.queue_rst(key);
         }
-        self.fd_changes.push(FdChange::Remove(conn.into_stream()));
+        // The socket closes once the host has the guest bytes it still held.
+        if let Some(stream) = self.drains.retire(conn, Instant::now()) {
+            self.fd_changes.push(FdChange::Remove(stream));
+        }
     }
 
     fn insert(&mut self, key: ConnKey, conn: Connection) {
@@ -272,6 +286,14 @@ impl Muxer {
         match pkt.op() {
             OP_REQUEST => self.guest_connect(key, pkt),
             OP_RST => {}
+            OP_RW if !pkt.is_empty() => {
+                log::warn!(
+                    "vsock cid {}: {key}: {} guest bytes for no stream dropped; answering RST",
+                    self.cid,
+                    pkt.len()
+                );
+                self.queue_rst(key);
+            }
             op => {
                 log::debug!(
                     "vsock cid {}: {key}: op {op} for no stream; answering RST",
@@ -441,6 +463,10 @@ impl Muxer {
                 conn.on_event(set);
             }
             self.refresh(key);
+        } else if self.drains.contains(fd) {
+            if let Some(stream) = self.drains.on_event(fd, set) {
+                self.fd_changes.push(FdChange::Remove(stream));
+            }
         } else if self.clients.contains_key(&fd) {
             self.read_connect_line(fd, now);
         } else {
@@ -513,7 +539,8 @@ impl Muxer {
         self.insert(key, conn);
     }
 
-    /// The timer fired: reset connections whose deadline passed.
+    /// The timer fired: reset connections whose deadline passed, and give up on ended
+    /// streams whose host did not read in time.
     pub(super) fn expire(&mut self, now: Instant) {
         while let Some(&Reverse((at, key))) = self.deadlines.peek() {
             if at > now {
@@ -525,19 +552,68 @@ impl Muxer {
                 self.refresh(key);
             }
         }
+        for stream in self.drains.expire(now) {
+            self.fd_changes.push(FdChange::Remove(stream));
+        }
     }
 
-    /// Closes every stream and client (the device is going away or being reset).
-    pub(super) fn close_all(&mut self) {
+    /// The driver reset the device: every stream ends (the guest side of it is gone), and
+    /// host clients are sent away. Guest bytes still held go to the host first, as after
+    /// any end of a stream; the listener stays for the next driver.
+    pub(super) fn reset(&mut self) {
+        self.end_all("the driver reset the device");
+    }
+
+    fn end_all(&mut self, why: &str) {
         let keys: Vec<ConnKey> = self.conns.keys().copied().collect();
         for key in keys {
+            if let Some(conn) = self.conns.get(&key) {
+                if conn.host_awaits_guest_data() {
+                    // The host reads EOF where the guest never ended its stream: what the
+                    // guest had not sent yet (if anything) is lost.
+                    log::warn!(
+                        "vsock cid {}: {key}: {why} before the guest finished sending; \
+                         the host sees EOF ({})",
+                        self.cid,
+                        conn.summary()
+                    );
+                } else {
+                    log::info!(
+                        "vsock cid {}: {key}: still open; closed as {why} ({})",
+                        self.cid,
+                        conn.summary()
+                    );
+                }
+            }
             self.remove(key, Finish::Silent);
         }
         for (_, client) in self.clients.drain() {
             self.fd_changes.push(FdChange::Remove(client.stream));
         }
+        // No RST is owed to a driver that forgot every stream.
         self.rst_q.clear();
+        self.ctrl_q.clear();
+        self.data_q.clear();
         self.deadlines.clear();
+    }
+
+    /// Guest bytes held for host sockets, by open and by ended streams.
+    #[cfg(test)]
+    pub(super) fn held_bytes(&self) -> (usize, usize) {
+        (
+            self.conns.values().map(Connection::held).sum(),
+            self.drains.held(),
+        )
+    }
+
+    /// Closes every stream and client: the device is going away, and with it the event
+    /// loop, so held guest bytes the host socket cannot take now are lost (and logged).
+    pub(super) fn close_all(&mut self) {
+        let why = "the device is going away";
+        self.end_all(why);
+        for stream in self.drains.abandon_all(why) {
+            self.fd_changes.push(FdChange::Remove(stream));
+        }
     }
 }
 

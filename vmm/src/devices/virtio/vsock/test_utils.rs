@@ -150,6 +150,8 @@ struct Ring<'a> {
 impl<'a> Ring<'a> {
     fn new(mem: &'a GuestMemoryMmap, addr: u64, bufs: u64) -> Self {
         let addrs = [addr, addr + 0x1000, addr + 0x2000];
+        // A driver starts from zeroed rings, also after another driver's reset.
+        mem.write_slice(&[0u8; 0x3000], GuestAddress(addr)).unwrap();
         Self {
             desc: DescriptorTable::new(mem, GuestAddress(addrs[0]), QUEUE_SIZE),
             avail: AvailRing::new(mem, GuestAddress(addrs[1]), QUEUE_SIZE),
@@ -277,6 +279,11 @@ impl<'a> TestGuest<'a> {
             interrupt: self.interrupt.clone(),
             acked_features: crate::devices::virtio::VIRTIO_F_VERSION_1,
         }
+    }
+
+    /// Where queue `index` lives: descriptor table, available ring, used ring.
+    pub fn ring_addrs(&self, index: usize) -> [u64; 3] {
+        [&self.rx, &self.tx, &self._evq][index].addrs
     }
 
     /// Notifies queue `index`, as the driver's QueueNotify write would.
@@ -482,6 +489,24 @@ impl<'a> Harness<'a> {
         };
         h.pump();
         h
+    }
+
+    /// The driver reset the device (status 0), as the transport passes it on.
+    pub fn reset_device(&mut self) {
+        assert!(self.dev.lock().unwrap().reset(), "the device can be reset");
+        self.inbox.clear();
+        self.pump();
+    }
+
+    /// A new driver sets the device up again after a reset, with fresh rings.
+    pub fn reactivate(&mut self) {
+        self.guest = TestGuest::new(self.guest.mem);
+        self.dev
+            .lock()
+            .unwrap()
+            .activate(self.guest.activation())
+            .unwrap();
+        self.pump();
     }
 
     /// Path of the host service for guest connections to `port`.
