@@ -2,6 +2,7 @@
 
 use std::thread;
 
+use nix::sys::socket::{setsockopt, sockopt};
 use runm_protocol::{read_frame, write_frame, AgentInfo, FrameError, Request, Response};
 use vsock::{VsockListener, VsockStream, VMADDR_CID_ANY};
 
@@ -60,9 +61,28 @@ fn handle(mut stream: VsockStream) {
             return;
         }
         if shutdown {
+            close_delivered(stream);
             init::power_off();
         }
     }
+}
+
+/// How long closing the connection may wait for the host to have the last reply.
+const REPLY_LINGER_SECS: i32 = 5;
+
+/// Closes `stream` once the host has everything written to it. A vsock write returns when
+/// the bytes are queued in this kernel, and the kernel drops that queue when it resets
+/// the device at power-off: lingering makes close wait for the VMM's RST, which comes
+/// only after the host took every byte.
+fn close_delivered(stream: VsockStream) {
+    let linger = nix::libc::linger {
+        l_onoff: 1,
+        l_linger: REPLY_LINGER_SECS,
+    };
+    if let Err(e) = setsockopt(&stream, sockopt::Linger, &linger) {
+        eprintln!("runm-agent: SO_LINGER: {e}");
+    }
+    drop(stream);
 }
 
 fn respond(request: Request) -> Response {

@@ -48,13 +48,6 @@ fn error_message(e: &anyhow::Error) -> String {
     out
 }
 
-fn init_logging(global: &cli::GlobalOpts) {
-    let level = if global.debug { "debug" } else { "warn" };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
-        .format_timestamp_millis()
-        .init();
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
