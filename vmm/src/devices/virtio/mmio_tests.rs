@@ -5,6 +5,7 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::*;
+use crate::devices::virtio::test_utils::{self, negotiate, read_reg, write_reg};
 use crate::devices::virtio::{read_config_bytes, ActivateError, VIRTIO_RING_F_EVENT_IDX};
 
 const FEATURE_X: u64 = 1 << 5;
@@ -48,44 +49,16 @@ fn fixture() -> Fixture {
 }
 
 fn rd(t: &mut MmioTransport, off: u64) -> u32 {
-    let mut b = [0u8; 4];
-    t.read(off, &mut b);
-    u32::from_le_bytes(b)
+    read_reg(t, off)
 }
 
 fn wr(t: &mut MmioTransport, off: u64, v: u32) {
-    t.write(off, &v.to_le_bytes());
-}
-
-/// Driver steps up to FEATURES_OK, accepting `features`.
-fn negotiate(t: &mut MmioTransport, features: u64) {
-    wr(t, 0x70, status::ACKNOWLEDGE);
-    wr(t, 0x70, status::ACKNOWLEDGE | status::DRIVER);
-    wr(t, 0x24, 0);
-    wr(t, 0x20, low32(features));
-    wr(t, 0x24, 1);
-    wr(t, 0x20, low32(features >> 32));
-    wr(
-        t,
-        0x70,
-        status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
-    );
+    write_reg(t, off, v);
 }
 
 fn setup_queue(t: &mut MmioTransport, index: u32, q: &MockSplitQueue<GuestMemoryMmap>) {
-    let split = |a: GuestAddress| (low32(a.0), low32(a.0 >> 32));
-    wr(t, 0x30, index);
-    wr(t, 0x38, 16);
-    for (reg, addr) in [
-        (0x80, q.desc_table_addr()),
-        (0x90, q.avail_addr()),
-        (0xa0, q.used_addr()),
-    ] {
-        let (lo, hi) = split(addr);
-        wr(t, reg, lo);
-        wr(t, reg + 4, hi);
-    }
-    wr(t, 0x44, 1);
+    let rings = [q.desc_table_addr(), q.avail_addr(), q.used_addr()];
+    test_utils::setup_queue(t, index, 16, rings);
 }
 
 const ALL_OK: u32 = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK;

@@ -9,6 +9,8 @@
 pub mod block;
 pub mod interrupt;
 pub mod mmio;
+#[cfg(test)]
+pub(crate) mod test_utils;
 pub mod vsock;
 
 use std::sync::Arc;

@@ -209,23 +209,11 @@ mod tests {
     #[test]
     fn a_driver_reads_a_sector_through_the_transport() {
         use crate::devices::virtio::interrupt::INT_VRING;
+        use crate::devices::virtio::test_utils::{
+            device_features, driver_ok, negotiate, read_reg as rd, setup_queue, write_reg as wr,
+            FEATURES_OK,
+        };
         use crate::devices::virtio::{status as dev_status, MmioTransport, VIRTIO_F_VERSION_1};
-        use crate::devices::BusDevice;
-
-        fn wr(t: &mut MmioTransport, reg: u64, v: u32) {
-            t.write(reg, &v.to_le_bytes());
-        }
-        fn rd(t: &mut MmioTransport, reg: u64) -> u32 {
-            let mut b = [0u8; 4];
-            t.read(reg, &mut b);
-            u32::from_le_bytes(b)
-        }
-        fn split(a: u64) -> [u32; 2] {
-            [
-                u32::try_from(a & 0xffff_ffff).unwrap(),
-                u32::try_from(a >> 32).unwrap(),
-            ]
-        }
 
         let mut f = fixture();
         let mem = guest_memory();
@@ -234,36 +222,16 @@ mod tests {
         let mut t = MmioTransport::new(dev, mem.clone(), irq.clone()).unwrap();
 
         assert_eq!(rd(&mut t, 0x8), 2, "device type");
-        let mut features = 0u64;
-        for sel in [0u32, 1] {
-            wr(&mut t, 0x14, sel);
-            features |= u64::from(rd(&mut t, 0x10)) << (32 * sel);
-        }
+        let features = device_features(&mut t);
         assert_ne!(features & VIRTIO_F_VERSION_1, 0);
-        wr(&mut t, 0x70, dev_status::ACKNOWLEDGE | dev_status::DRIVER);
-        for sel in [0u32, 1] {
-            wr(&mut t, 0x24, sel);
-            wr(&mut t, 0x20, split(features)[sel as usize]);
-        }
-        let features_ok = dev_status::ACKNOWLEDGE | dev_status::DRIVER | dev_status::FEATURES_OK;
-        wr(&mut t, 0x70, features_ok);
-        assert_eq!(rd(&mut t, 0x70), features_ok);
+        assert_eq!(negotiate(&mut t, features), FEATURES_OK);
 
         let q = MockSplitQueue::create(&mem, GuestAddress(0x1000), QUEUE_SIZE);
         wr(&mut t, 0x30, 0);
         assert_eq!(rd(&mut t, 0x34), u32::from(QUEUE_SIZE));
-        wr(&mut t, 0x38, u32::from(QUEUE_SIZE));
-        for (reg, addr) in [
-            (0x80, q.desc_table_addr()),
-            (0x90, q.avail_addr()),
-            (0xa0, q.used_addr()),
-        ] {
-            let [lo, hi] = split(addr.0);
-            wr(&mut t, reg, lo);
-            wr(&mut t, reg + 4, hi);
-        }
-        wr(&mut t, 0x44, 1);
-        wr(&mut t, 0x70, features_ok | dev_status::DRIVER_OK);
+        let rings = [q.desc_table_addr(), q.avail_addr(), q.used_addr()];
+        setup_queue(&mut t, 0, QUEUE_SIZE, rings);
+        driver_ok(&mut t);
         assert_eq!(rd(&mut t, 0x70) & dev_status::DEVICE_NEEDS_RESET, 0);
         assert_eq!(f.run(), 1, "activation event");
 

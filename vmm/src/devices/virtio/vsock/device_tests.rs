@@ -765,20 +765,11 @@ fn reset_ends_every_stream_and_a_new_driver_is_served() {
 /// answer with DEVICE_NEEDS_RESET, and the event loop must let go of the queues.
 #[test]
 fn driver_reset_through_the_transport() {
+    use crate::devices::virtio::test_utils::{
+        driver_ok, negotiate, read_reg as rd, setup_queue, write_reg as wr, FEATURES_OK,
+    };
     use crate::devices::virtio::{status, MmioTransport, VIRTIO_F_VERSION_1};
-    use crate::devices::BusDevice;
     use std::sync::{Arc, Mutex};
-
-    fn wr(t: &mut MmioTransport, reg: u64, v: u32) {
-        t.write(reg, &v.to_le_bytes());
-    }
-    fn rd(t: &mut MmioTransport, reg: u64) -> u32 {
-        let mut b = [0u8; 4];
-        t.read(reg, &mut b);
-        u32::from_le_bytes(b)
-    }
-    let lo = |a: u64| u32::try_from(a & 0xffff_ffff).unwrap();
-    let hi = |a: u64| u32::try_from(a >> 32).unwrap();
 
     let mem = test_mem();
     let dir = TestDir::new();
@@ -791,22 +782,13 @@ fn driver_reset_through_the_transport() {
     let as_virtio: Arc<Mutex<dyn VirtioDevice>> = dev.clone();
     let mut t = MmioTransport::new(as_virtio, mem.clone(), irq).unwrap();
     let guest = TestGuest::new(&mem);
-    let features_ok = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK;
-    wr(&mut t, 0x70, status::ACKNOWLEDGE | status::DRIVER);
-    wr(&mut t, 0x24, 1);
-    wr(&mut t, 0x20, hi(VIRTIO_F_VERSION_1));
-    wr(&mut t, 0x70, features_ok);
+    assert_eq!(negotiate(&mut t, VIRTIO_F_VERSION_1), FEATURES_OK);
     for (index, queue) in (0u32..3).zip(0usize..) {
-        wr(&mut t, 0x30, index);
-        wr(&mut t, 0x38, u32::from(QUEUE_SIZE));
-        for (reg, addr) in [0x80, 0x90, 0xa0].into_iter().zip(guest.ring_addrs(queue)) {
-            wr(&mut t, reg, lo(addr));
-            wr(&mut t, reg + 4, hi(addr));
-        }
-        wr(&mut t, 0x44, 1);
+        let rings = guest.ring_addrs(queue).map(GuestAddress);
+        setup_queue(&mut t, index, QUEUE_SIZE, rings);
     }
-    wr(&mut t, 0x70, features_ok | status::DRIVER_OK);
-    assert_eq!(rd(&mut t, 0x70), features_ok | status::DRIVER_OK);
+    driver_ok(&mut t);
+    assert_eq!(rd(&mut t, 0x70), FEATURES_OK | status::DRIVER_OK);
     em.run_with_timeout(0).unwrap();
     assert!(dev.lock().unwrap().active.as_ref().unwrap().registered);
 
