@@ -47,7 +47,12 @@ impl Sandbox {
             Ok((agent, info)) => Ok(Self { vm, agent, info }),
             Err(e) => {
                 vm.kill();
-                Err(e.into())
+                // The caller's timeout covers the boot too: report that one.
+                Err(match e {
+                    AgentError::Timeout(_) => AgentError::Timeout(timeout),
+                    other => other,
+                }
+                .into())
             }
         }
     }
