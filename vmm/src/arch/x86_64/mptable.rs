@@ -34,6 +34,17 @@ pub enum MptableError {
     Write(vm_memory::GuestMemoryError),
 }
 
+/// The IOAPIC pin an ISA IRQ arrives on. KVM's default routing, like a PC's, wires the
+/// PIT (IRQ 0) to pin 2; the guest's timer check would otherwise find no timer on pin 0
+/// and fall back through slow alternatives.
+fn ioapic_pin(irq: u8) -> u8 {
+    match irq {
+        0 => 2,
+        2 => 0,
+        n => n,
+    }
+}
+
 /// Bytes whose sum is zero (mod 256), as every MP structure's checksum requires.
 fn checksum(bytes: &[u8]) -> u8 {
     bytes.iter().fold(0u8, |a, b| a.wrapping_sub(*b))
@@ -59,6 +70,7 @@ pub fn build(cpus: u8) -> Result<Vec<u8>, MptableError> {
     entries.extend_from_slice(&[ENTRY_IOAPIC, ioapic_id, IOAPIC_VERSION, CPU_ENABLED]);
     entries.extend_from_slice(&IOAPIC_ADDR.to_le_bytes());
     for irq in 0..IOAPIC_PINS {
+        let pin = ioapic_pin(irq);
         entries.extend_from_slice(&[
             ENTRY_INTSRC,
             INT_TYPE_INT,
@@ -67,7 +79,7 @@ pub fn build(cpus: u8) -> Result<Vec<u8>, MptableError> {
             BUS_ISA,
             irq,
             ioapic_id,
-            irq,
+            pin,
         ]);
     }
     // LINT0 carries the 8259's ExtINT, LINT1 NMIs, on every CPU (0xff).
@@ -143,6 +155,25 @@ mod tests {
         assert_eq!(cpu(0)[3], CPU_ENABLED | CPU_BOOTPROCESSOR);
         assert_eq!((cpu(1)[1], cpu(1)[3]), (1, CPU_ENABLED));
         assert_eq!((cpu(2)[1], cpu(2)[3]), (2, CPU_ENABLED));
+    }
+
+    #[test]
+    fn the_pit_irq_reaches_ioapic_pin_2_as_kvm_routes_it() {
+        let b = build(1).unwrap();
+        // Interrupt source entries follow 1 CPU (20 bytes), the bus and the IOAPIC (8 each).
+        let intsrc =
+            |irq: usize| &b[16 + 44 + 20 + 16 + 8 * irq..16 + 44 + 20 + 16 + 8 * (irq + 1)];
+        assert_eq!(
+            (intsrc(0)[0], intsrc(0)[5], intsrc(0)[7]),
+            (ENTRY_INTSRC, 0, 2)
+        );
+        assert_eq!((intsrc(2)[5], intsrc(2)[7]), (2, 0));
+        assert_eq!((intsrc(4)[5], intsrc(4)[7]), (4, 4), "COM1 keeps its pin");
+        assert_eq!(
+            (intsrc(5)[5], intsrc(5)[7]),
+            (5, 5),
+            "virtio IRQs keep theirs"
+        );
     }
 
     #[test]
