@@ -10,8 +10,19 @@ const EDX_HTT: u32 = 1 << 28;
 /// CPUID.1:ECX.HYPERVISOR: tells the kernel to look for KVM's paravirt leaves.
 const ECX_HYPERVISOR: u32 = 1 << 31;
 
+/// Intel architectural performance monitoring.
+const LEAF_ARCH_PERFMON: u32 = 0xa;
+const LEAF_EXT_FEATURES: u32 = 0x8000_0001;
+/// AMD PerfMonV2.
+const LEAF_AMD_PERFMON_V2: u32 = 0x8000_0022;
+/// CPUID.80000001h:ECX: PerfCtrExtCore, PerfCtrExtNB, PerfCtrExtLLC.
+const ECX_AMD_PERF_COUNTERS: u32 = (1 << 23) | (1 << 24) | (1 << 28);
+
 /// Adjusts the supported CPUID for vCPU `id` of `count`: one package of `count`
-/// single-threaded cores, APIC id equal to the vCPU index.
+/// single-threaded cores, APIC id equal to the vCPU index, and no performance monitoring
+/// unit. A microVM has no use for guest PMU access (it would measure the host's other
+/// tenants), and hiding it keeps the guest's PMU probe away from counter MSRs that
+/// some KVM hosts (nested ones among them) do not handle.
 pub fn patch_for_vcpu(cpuid: &mut CpuId, id: u8, count: u8) {
     for entry in cpuid.as_mut_slice() {
         match entry.function {
@@ -44,6 +55,10 @@ pub fn patch_for_vcpu(cpuid: &mut CpuId, id: u8, count: u8) {
                     }
                 }
             }
+            LEAF_ARCH_PERFMON | LEAF_AMD_PERFMON_V2 => {
+                (entry.eax, entry.ebx, entry.ecx, entry.edx) = (0, 0, 0, 0);
+            }
+            LEAF_EXT_FEATURES => entry.ecx &= !ECX_AMD_PERF_COUNTERS,
             _ => {}
         }
     }
@@ -53,6 +68,28 @@ pub fn patch_for_vcpu(cpuid: &mut CpuId, id: u8, count: u8) {
 mod tests {
     use super::*;
     use kvm_bindings::kvm_cpuid_entry2;
+
+    #[test]
+    fn the_pmu_is_hidden() {
+        let leaf = |function, ecx| kvm_cpuid_entry2 {
+            function,
+            eax: 0xffff_ffff,
+            ecx,
+            ..Default::default()
+        };
+        let mut cpuid = CpuId::from_entries(&[
+            leaf(LEAF_ARCH_PERFMON, 0),
+            leaf(LEAF_EXT_FEATURES, u32::MAX),
+            leaf(LEAF_AMD_PERFMON_V2, 0),
+        ])
+        .unwrap();
+        patch_for_vcpu(&mut cpuid, 0, 1);
+        let e = cpuid.as_slice();
+        assert_eq!(e[0].eax, 0, "no architectural perfmon");
+        assert_eq!(e[1].ecx & ECX_AMD_PERF_COUNTERS, 0);
+        assert_ne!(e[1].ecx, 0, "other extended features stay");
+        assert_eq!(e[2].eax, 0, "no PerfMonV2");
+    }
 
     #[test]
     fn leaf1_carries_apic_id_and_count() {
