@@ -85,9 +85,9 @@ pub const MAX_PENDING_RST: usize = 2 * MAX_CONNECTIONS;
 /// Host ports for host-initiated streams are allocated counting up from here.
 pub const FIRST_LOCAL_PORT: u32 = 1 << 30;
 /// How long the guest has to answer a host-initiated REQUEST.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the guest has to answer our full SHUTDOWN with a RST before we reset.
-pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a stream that ended (closed, reset, or the device reset) keeps its host socket
 /// while the host has not read the guest bytes we still hold for it.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
