@@ -155,7 +155,7 @@ fn attach_serial(
 
 /// The i8042, whose reset command ends the VM's run.
 fn attach_i8042(bus: &mut Bus, events: Sender<VmEvent>) -> Result<(), StartMicrovmError> {
-    let i8042 = I8042::new(ResetTrigger(Mutex::new(events)));
+    let i8042 = I8042::new(ResetTrigger(events));
     bus.insert(I8042_BASE, I8042_LEN, Arc::new(Mutex::new(i8042)))?;
     Ok(())
 }

@@ -55,16 +55,12 @@ impl From<VmEvent> for ExitReason {
 
 /// A `Trigger` that reports a guest reset to the VM's owner.
 #[derive(Debug)]
-pub(crate) struct ResetTrigger(pub Mutex<Sender<VmEvent>>);
+pub(crate) struct ResetTrigger(pub Sender<VmEvent>);
 
 impl Trigger for ResetTrigger {
     type E = ();
     fn trigger(&self) -> Result<(), ()> {
-        self.0
-            .lock()
-            .map_err(drop)?
-            .send(VmEvent::Reset)
-            .map_err(drop)
+        self.0.send(VmEvent::Reset).map_err(drop)
     }
 }
 

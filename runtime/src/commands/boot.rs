@@ -33,10 +33,16 @@ pub fn run(args: BootArgs) -> anyhow::Result<i32> {
         cmdline.push(' ');
         cmdline.push_str(&args.cmdline);
     }
-    let scratch = ScratchDir::new()?;
-    let uds_path = args
-        .vsock_socket
-        .unwrap_or_else(|| scratch.path.join("vsock.sock"));
+    // A private directory for the socket, only when the caller did not name one; it
+    // lives (and is removed) with `_scratch`.
+    let (_scratch, uds_path) = match args.vsock_socket {
+        Some(path) => (None, path),
+        None => {
+            let dir = ScratchDir::new()?;
+            let path = dir.path.join("vsock.sock");
+            (Some(dir), path)
+        }
+    };
     let config = VmConfig {
         kernel,
         initrd: Some(initrd),
