@@ -93,6 +93,9 @@ fn respond(request: Request) -> Response {
             kernel: init::kernel_release(),
         }),
         Request::Shutdown => Response::Ok,
+        other => Response::Error {
+            message: format!("not supported yet: {other:?}"),
+        },
     }
 }
 

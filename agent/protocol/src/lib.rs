@@ -9,9 +9,12 @@ mod framing;
 mod messages;
 
 pub use framing::{read_frame, write_frame, FrameError, MAX_FRAME_LEN};
-pub use messages::{AgentInfo, Request, Response, MAX_TEXT_LEN};
+pub use messages::{
+    AgentInfo, ContainerStats, ProcessInfo, ProcessKey, Request, Response, Rootfs, StreamKind,
+    MAX_ID_LEN, MAX_PROCESSES, MAX_TEXT_LEN,
+};
 
 /// Bumped on every incompatible change to the messages.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// The vsock port the agent listens on.
 pub const AGENT_PORT: u32 = 1024;

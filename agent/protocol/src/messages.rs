@@ -1,25 +1,152 @@
 //! Requests the host sends and the agent's responses.
+//!
+//! Control requests go over connections to [`crate::AGENT_PORT`], one response per
+//! request. A process's stdio travels on connections of its own: the host opens one per
+//! stream and sends [`Request::AttachStream`]; after the agent's `Ok` the connection
+//! carries raw bytes. Streams are attached before the `CreateContainer` or `Exec` that
+//! uses them; a stream the host did not attach is `/dev/null` in the guest.
+//!
+//! OCI documents (the container's config, an exec'd process) travel as JSON values: the
+//! host validated them already, and the agent parses them with the OCI types it runs
+//! them with.
 
 use serde::{Deserialize, Serialize};
 
 /// Longest free-text field the host accepts from the guest.
 pub const MAX_TEXT_LEN: usize = 4096;
+/// Most processes the host accepts in one [`Response::Processes`].
+pub const MAX_PROCESSES: usize = 4096;
+/// Longest container or exec id either side accepts.
+pub const MAX_ID_LEN: usize = 1024;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     /// Is the agent there, and what is it?
     Ping,
     /// Power the VM off (after replying).
     Shutdown,
+    /// Makes this connection one stdio stream of a process that is about to be created.
+    AttachStream {
+        process: ProcessKey,
+        stream: StreamKind,
+    },
+    /// Creates the container: rootfs mounted, namespaces, cgroups and mounts set up, the
+    /// process waiting for [`Request::StartContainer`]. Answered with `Created`.
+    CreateContainer {
+        id: String,
+        /// The OCI runtime config as the guest must apply it (host-only parts removed).
+        spec: serde_json::Value,
+        rootfs: Rootfs,
+    },
+    StartContainer {
+        id: String,
+    },
+    /// Runs another process in the container (an OCI `process` object). Answered with
+    /// `Created`; it runs at once.
+    Exec {
+        process: ProcessKey,
+        spec: serde_json::Value,
+    },
+    /// Answered with `Exited` once the process has exited and its output streams are
+    /// drained and closed; at once if it exited already.
+    Wait {
+        process: ProcessKey,
+    },
+    /// Sends `signal` to the process, or with `all` to every process of the container.
+    Signal {
+        process: ProcessKey,
+        signal: i32,
+        all: bool,
+    },
+    ResizeTty {
+        process: ProcessKey,
+        rows: u16,
+        cols: u16,
+    },
+    /// Freezes every process of the container (cgroup freezer).
+    Pause {
+        id: String,
+    },
+    Resume {
+        id: String,
+    },
+    /// Answered with `Processes`.
+    Processes {
+        id: String,
+    },
+    /// Answered with `Stats`.
+    Stats {
+        id: String,
+    },
+}
+
+/// A process the agent runs: a container's init (`exec` is `None`) or an exec'd process.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessKey {
+    pub container: String,
+    pub exec: Option<String>,
+}
+
+impl ProcessKey {
+    pub fn init(container: &str) -> Self {
+        Self {
+            container: container.to_string(),
+            exec: None,
+        }
+    }
+
+    pub fn exec(container: &str, exec: &str) -> Self {
+        Self {
+            container: container.to_string(),
+            exec: Some(exec.to_string()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamKind {
+    Stdin,
+    Stdout,
+    Stderr,
+    /// Both directions of the process's terminal (`process.terminal`).
+    Tty,
+}
+
+/// Where the container's root filesystem comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Rootfs {
+    /// A virtio-blk disk, e.g. `/dev/vda`, holding a filesystem of `fstype`.
+    Block {
+        device: String,
+        fstype: String,
+        readonly: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Response {
     Pong(AgentInfo),
     Ok,
-    Error { message: String },
+    /// The process exists; `pid` is its pid in the guest.
+    Created {
+        pid: i32,
+    },
+    /// How the process ended, as a shell reports it: the exit code, or 128 + signal.
+    Exited {
+        status: i32,
+    },
+    Processes {
+        processes: Vec<ProcessInfo>,
+    },
+    Stats(ContainerStats),
+    Error {
+        message: String,
+    },
 }
 
 /// What the agent says about itself.
@@ -32,18 +159,60 @@ pub struct AgentInfo {
     pub kernel: String,
 }
 
+/// One process of a container, as `ps` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessInfo {
+    pub pid: i32,
+    pub ppid: i32,
+    pub uid: u32,
+    /// The command line, arguments joined by spaces.
+    pub cmd: String,
+}
+
+/// A container's resource usage, from its cgroup in the guest.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerStats {
+    /// CPU time used, nanoseconds.
+    pub cpu_usage_ns: u64,
+    pub memory_usage_bytes: u64,
+    /// `None` when unlimited.
+    pub memory_limit_bytes: Option<u64>,
+    pub pids_current: u64,
+}
+
 impl Response {
-    /// Checks what a well-behaved agent would never send: over-long text. The host calls
-    /// this on every response, since the guest is untrusted.
+    /// Checks what a well-behaved agent would never send: over-long text, too many
+    /// processes, impossible values. The host calls this on every response, since the
+    /// guest is untrusted.
     pub fn validate(&self) -> Result<(), String> {
-        let texts: Vec<(&str, &str)> = match self {
-            Response::Pong(info) => vec![
-                ("agent_version", &info.agent_version),
-                ("kernel", &info.kernel),
-            ],
-            Response::Ok => vec![],
-            Response::Error { message } => vec![("message", message)],
-        };
+        let mut texts: Vec<(&str, &str)> = Vec::new();
+        match self {
+            Response::Pong(info) => {
+                texts.push(("agent_version", &info.agent_version));
+                texts.push(("kernel", &info.kernel));
+            }
+            Response::Ok | Response::Stats(_) => {}
+            Response::Created { pid } if *pid <= 0 => {
+                return Err(format!("agent reported an invalid pid {pid}"));
+            }
+            Response::Created { .. } => {}
+            Response::Exited { status } if !(0..=255).contains(status) => {
+                return Err(format!("agent reported an invalid exit status {status}"));
+            }
+            Response::Exited { .. } => {}
+            Response::Processes { processes } => {
+                if processes.len() > MAX_PROCESSES {
+                    return Err(format!(
+                        "agent listed {} processes, over the limit of {MAX_PROCESSES}",
+                        processes.len()
+                    ));
+                }
+                texts.extend(processes.iter().map(|p| ("cmd", p.cmd.as_str())));
+            }
+            Response::Error { message } => texts.push(("message", message)),
+        }
         match texts.iter().find(|(_, t)| t.len() > MAX_TEXT_LEN) {
             Some((field, t)) => Err(format!(
                 "agent response field `{field}` is {} bytes, over the {MAX_TEXT_LEN}-byte limit",
@@ -72,6 +241,57 @@ mod tests {
             json,
             r#"{"type":"pong","agent_version":"0.1.0","protocol_version":1,"kernel":"6.12.117"}"#
         );
+        let attach = Request::AttachStream {
+            process: ProcessKey::exec("c1", "e1"),
+            stream: StreamKind::Stdout,
+        };
+        assert_eq!(
+            serde_json::to_string(&attach).unwrap(),
+            r#"{"type":"attach_stream","process":{"container":"c1","exec":"e1"},"stream":"stdout"}"#
+        );
+    }
+
+    #[test]
+    fn every_request_round_trips() {
+        let key = ProcessKey::init("c");
+        let requests = [
+            Request::Shutdown,
+            Request::CreateContainer {
+                id: "c".into(),
+                spec: serde_json::json!({"ociVersion": "1.0.2"}),
+                rootfs: Rootfs::Block {
+                    device: "/dev/vda".into(),
+                    fstype: "ext4".into(),
+                    readonly: false,
+                },
+            },
+            Request::StartContainer { id: "c".into() },
+            Request::Exec {
+                process: ProcessKey::exec("c", "e"),
+                spec: serde_json::json!({"args": ["sh"]}),
+            },
+            Request::Wait {
+                process: key.clone(),
+            },
+            Request::Signal {
+                process: key.clone(),
+                signal: 9,
+                all: true,
+            },
+            Request::ResizeTty {
+                process: key,
+                rows: 24,
+                cols: 80,
+            },
+            Request::Pause { id: "c".into() },
+            Request::Resume { id: "c".into() },
+            Request::Processes { id: "c".into() },
+            Request::Stats { id: "c".into() },
+        ];
+        for r in requests {
+            let json = serde_json::to_string(&r).unwrap();
+            assert_eq!(serde_json::from_str::<Request>(&json).unwrap(), r, "{json}");
+        }
     }
 
     #[test]
@@ -81,6 +301,36 @@ mod tests {
         };
         assert!(r.validate().unwrap_err().contains("`message`"));
         assert!(Response::Ok.validate().is_ok());
+        let ps = Response::Processes {
+            processes: vec![ProcessInfo {
+                pid: 1,
+                ppid: 0,
+                uid: 0,
+                cmd: "y".repeat(MAX_TEXT_LEN + 1),
+            }],
+        };
+        assert!(ps.validate().unwrap_err().contains("`cmd`"));
+    }
+
+    #[test]
+    fn impossible_values_fail_validation() {
+        assert!(Response::Created { pid: 0 }.validate().is_err());
+        assert!(Response::Created { pid: 7 }.validate().is_ok());
+        assert!(Response::Exited { status: 256 }.validate().is_err());
+        assert!(Response::Exited { status: -1 }.validate().is_err());
+        assert!(Response::Exited { status: 137 }.validate().is_ok());
+        let many = Response::Processes {
+            processes: vec![
+                ProcessInfo {
+                    pid: 1,
+                    ppid: 0,
+                    uid: 0,
+                    cmd: String::new(),
+                };
+                MAX_PROCESSES + 1
+            ],
+        };
+        assert!(many.validate().is_err());
     }
 
     #[test]
