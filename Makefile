@@ -12,10 +12,14 @@ TEST_GUEST := $(TARGET)/$(TRIPLE)/release/runm-test-guest
 GUEST := $(TARGET)/guest
 TESTHOST := $(CURDIR)/tests/testhost/run
 PREFIX ?= /usr/local
+# Guest binaries are static: glibc, and libseccomp (libcontainer's seccomp filters) from
+# libseccomp-dev's archive.
+STATIC_ENV := LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu \
+	RUSTFLAGS="-C target-feature=+crt-static"
 
 # Debian packages: guest kernel build, emulated KVM test host, initramfs packing.
 APT_PACKAGES := linux-source-6.12 bc flex bison libelf-dev libssl-dev xz-utils \
-	qemu-system-x86 linux-image-amd64 busybox-static cpio kmod
+	qemu-system-x86 linux-image-amd64 busybox-static cpio kmod libseccomp-dev
 
 .PHONY: all deps runm agent kernel initramfs guest test-guest demo test unit-test \
 	integration-test lint bench install clean
@@ -37,12 +41,12 @@ runm:
 	$(CARGO) build --release -p runm
 
 # The agent is PID 1 of a guest with no libc: link it statically.
-agent:
-	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release -p runm-agent --target $(TRIPLE)
+agent: deps
+	$(STATIC_ENV) $(CARGO) build --release -p runm-agent --target $(TRIPLE)
 
 # The integration tests' guest init, packed the same way as the agent.
 test-guest: deps
-	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release -p runm-test-guest --target $(TRIPLE)
+	$(STATIC_ENV) $(CARGO) build --release -p runm-test-guest --target $(TRIPLE)
 	@rootfs/build-initramfs.sh $(TEST_GUEST) $(GUEST)/test-initramfs.cpio >/dev/null
 
 kernel: deps

@@ -1,12 +1,16 @@
-//! The agent's vsock server: one thread per host connection, one response per request.
+//! The agent's vsock server: one thread per host connection, one response per request;
+//! a connection that attaches a stream becomes that stream.
 
+use std::sync::Arc;
 use std::thread;
 
-use nix::sys::socket::{setsockopt, sockopt};
-use runm_protocol::{read_frame, write_frame, AgentInfo, FrameError, Request, Response};
+use runm_protocol::{
+    read_frame, write_frame, FrameError, ProcessKey, Request, Response, StreamKind,
+};
 use vsock::{VsockListener, VsockStream, VMADDR_CID_ANY};
 
-use runm_agent::init;
+use runm_agent::agent::Agent;
+use runm_agent::{init, relay};
 
 #[derive(Debug)]
 pub enum ServeError {
@@ -23,15 +27,16 @@ impl std::fmt::Display for ServeError {
 
 /// Accepts host connections forever; returns only if the port cannot be listened on.
 /// A `Shutdown` request powers the VM off from its connection's thread.
-pub fn serve(port: u32) -> Result<(), ServeError> {
+pub fn serve(port: u32, agent: Arc<Agent>) -> Result<(), ServeError> {
     let listener = VsockListener::bind_with_cid_port(VMADDR_CID_ANY, port)
         .map_err(|e| ServeError::Listen(port, e))?;
     for conn in listener.incoming() {
         match conn {
             Ok(stream) => {
+                let agent = Arc::clone(&agent);
                 if let Err(e) = thread::Builder::new()
                     .name("conn".into())
-                    .spawn(move || handle(stream))
+                    .spawn(move || handle(stream, &agent))
                 {
                     eprintln!("runm-agent: cannot start connection thread: {e}");
                 }
@@ -42,7 +47,7 @@ pub fn serve(port: u32) -> Result<(), ServeError> {
     Ok(())
 }
 
-fn handle(mut stream: VsockStream) {
+fn handle(mut stream: VsockStream, agent: &Agent) {
     loop {
         let request = match read_frame::<_, Request>(&mut stream) {
             Ok(r) => r,
@@ -54,62 +59,45 @@ fn handle(mut stream: VsockStream) {
                 return;
             }
         };
+        if let Request::AttachStream {
+            process,
+            stream: kind,
+        } = request
+        {
+            attach(stream, agent, process, kind);
+            return;
+        }
         let shutdown = request == Request::Shutdown;
-        let response = respond(request);
+        let response = agent.handle(request);
         if let Err(e) = write_frame(&mut stream, &response) {
             eprintln!("runm-agent: cannot reply: {e}");
             return;
         }
         if shutdown {
-            close_delivered(stream);
+            relay::close_delivered(stream);
             init::power_off();
         }
     }
 }
 
-/// How long closing the connection may wait for the host to have the last reply.
-const REPLY_LINGER_SECS: i32 = 5;
-
-/// Closes `stream` once the host has everything written to it. A vsock write returns when
-/// the bytes are queued in this kernel, and the kernel drops that queue when it resets
-/// the device at power-off: lingering makes close wait for the VMM's RST, which comes
-/// only after the host took every byte.
-fn close_delivered(stream: VsockStream) {
-    let linger = nix::libc::linger {
-        l_onoff: 1,
-        l_linger: REPLY_LINGER_SECS,
+/// Makes the connection a process's stream. The stream is registered before the `Ok`
+/// goes out, so that a `CreateContainer` or `Exec` sent after the `Ok` finds it; the `Ok`
+/// goes out before any of the process's bytes, which flow only after that request.
+fn attach(stream: VsockStream, agent: &Agent, process: ProcessKey, kind: StreamKind) {
+    let mut reply_to = match stream.try_clone() {
+        Ok(s) => s,
+        Err(e) => {
+            let message = format!("cannot attach the stream: {e}");
+            let mut stream = stream;
+            let _ = write_frame(&mut stream, &Response::Error { message });
+            return;
+        }
     };
-    if let Err(e) = setsockopt(&stream, sockopt::Linger, &linger) {
-        eprintln!("runm-agent: SO_LINGER: {e}");
-    }
-    drop(stream);
-}
-
-fn respond(request: Request) -> Response {
-    match request {
-        Request::Ping => Response::Pong(AgentInfo {
-            agent_version: env!("CARGO_PKG_VERSION").to_string(),
-            protocol_version: runm_protocol::PROTOCOL_VERSION,
-            kernel: init::kernel_release(),
-        }),
-        Request::Shutdown => Response::Ok,
-        other => Response::Error {
-            message: format!("not supported yet: {other:?}"),
-        },
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ping_reports_versions() {
-        let Response::Pong(info) = respond(Request::Ping) else {
-            panic!("ping must be answered with pong");
-        };
-        assert_eq!(info.protocol_version, runm_protocol::PROTOCOL_VERSION);
-        assert_eq!(info.agent_version, env!("CARGO_PKG_VERSION"));
-        assert!(!info.kernel.is_empty());
+    let response = match agent.attach(process, kind, stream) {
+        Ok(()) => Response::Ok,
+        Err(message) => Response::Error { message },
+    };
+    if let Err(e) = write_frame(&mut reply_to, &response) {
+        eprintln!("runm-agent: cannot reply to attach_stream: {e}");
     }
 }
