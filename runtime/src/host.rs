@@ -33,6 +33,11 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 const OUTPUT_GRACE: Duration = Duration::from_secs(10);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
+/// Logs how long a phase took, for the benchmarks' breakdown.
+pub fn phase(name: &str, since: std::time::Instant) {
+    log::debug!("phase {name} {:.1}", since.elapsed().as_secs_f64() * 1000.0);
+}
+
 /// The vsock socket of a container's VM.
 pub fn vsock_path(dir: &Path) -> PathBuf {
     dir.join(VSOCK_SOCK)
@@ -140,9 +145,11 @@ pub fn run_sandbox(root: &Root, id: &str, console_socket: Option<&Path>) -> i32 
     if let Err(e) = record_exit(root, id, status) {
         log::error!("cannot record the container's exit: {e}");
     }
+    let t = std::time::Instant::now();
     if let Err(e) = sandbox.stop(SHUTDOWN_GRACE) {
         log::warn!("stopping the VM: {e}");
     }
+    phase("vm_shutdown", t);
     status
 }
 
@@ -168,7 +175,9 @@ fn start_container(
     let config = Config::load()?;
     let (vcpus, mem_mib) = bundle.vm_size()?;
     let image = dir.join(ROOTFS_IMAGE);
+    let t = std::time::Instant::now();
     crate::rootfs_image::build(&bundle.rootfs()?, &image)?;
+    phase("rootfs_image", t);
     let console_log = dir.join(CONSOLE_LOG);
     let serial = std::fs::File::create(&console_log)
         .with_context(|| format!("cannot create {}", console_log.display()))?;
@@ -192,13 +201,17 @@ fn start_container(
             uds_path: vsock_path(&dir),
         }),
     };
+    let t = std::time::Instant::now();
     let sandbox = Sandbox::start(vm, config.boot_timeout()).with_context(|| {
         format!(
             "the microVM did not boot (console log: {})",
             console_log.display()
         )
     })?;
+    phase("boot_to_agent", t);
+    let t = std::time::Instant::now();
     let result = create_in_guest(root, id, &bundle, console_socket);
+    phase("create_in_guest", t);
     match result {
         Ok((relay, raw)) => Ok((sandbox, relay, raw)),
         Err(e) => {

@@ -25,11 +25,15 @@ pub fn create(global: &GlobalOpts, args: &CreateArgs) -> anyhow::Result<i32> {
 
 pub fn run(global: &GlobalOpts, args: &RunArgs) -> anyhow::Result<i32> {
     let id = &args.create.id;
+    let t = std::time::Instant::now();
     let mut child = create_container(global, &args.create, !args.detach)?;
+    crate::host::phase("create_total", t);
+    let t = std::time::Instant::now();
     if let Err(e) = super::lifecycle::start_container(global, id) {
         let _ = super::lifecycle::delete_container(global, id, true);
         return Err(e);
     }
+    crate::host::phase("start", t);
     if args.detach {
         return Ok(0);
     }
@@ -37,14 +41,18 @@ pub fn run(global: &GlobalOpts, args: &RunArgs) -> anyhow::Result<i32> {
     if let Err(e) = crate::signals::forward_to_pid(pid) {
         log::warn!("cannot forward signals: {e}");
     }
+    let t = std::time::Instant::now();
     let status = child
         .wait()
         .context("waiting for the container's host process")?;
+    crate::host::phase("run_to_exit", t);
     let code = status.code().unwrap_or_else(|| {
         128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)
     });
     if !args.keep {
+        let t = std::time::Instant::now();
         super::lifecycle::delete_container(global, id, true)?;
+        crate::host::phase("delete", t);
     }
     Ok(code)
 }
