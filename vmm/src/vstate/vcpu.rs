@@ -114,7 +114,10 @@ impl Vcpu {
             "KVM_GET_SUPPORTED_CPUID",
             vm.kvm().get_supported_cpuid(KVM_MAX_CPUID_ENTRIES),
         )?;
-        cpuid::patch_for_vcpu(&mut cpuid, id, count);
+        let tsc_deadline = vm
+            .kvm()
+            .check_extension(kvm_ioctls::Cap::TscDeadlineTimer);
+        cpuid::patch_for_vcpu(&mut cpuid, id, count, tsc_deadline);
         self.ioctl("KVM_SET_CPUID2", self.fd.set_cpuid2(&cpuid))?;
 
         let msrs = msr::boot_msrs().map_err(|source| VcpuError::Msr { id, source })?;
