@@ -13,9 +13,10 @@ GUEST := $(TARGET)/guest
 TESTHOST := $(CURDIR)/tests/testhost/run
 PREFIX ?= /usr/local
 
-# Debian packages: guest kernel build, emulated KVM test host, initramfs packing.
+# Debian packages: guest kernel build, emulated KVM test host, initramfs packing,
+# container rootfs images (e2fsprogs), and the benchmarks' peers (runc, crun).
 APT_PACKAGES := linux-source-6.12 bc flex bison libelf-dev libssl-dev xz-utils \
-	qemu-system-x86 linux-image-amd64 busybox-static cpio kmod
+	qemu-system-x86 linux-image-amd64 busybox-static cpio kmod e2fsprogs runc crun
 
 .PHONY: all deps runm agent kernel initramfs guest test-guest demo test unit-test \
 	integration-test lint bench install clean
@@ -55,8 +56,10 @@ initramfs: agent deps
 
 guest: kernel initramfs
 
+# Runs a busybox container in a microVM with `runm run`, as a runc user would.
 demo: all
-	$(TESTHOST) $(RUNM) boot
+	scripts/demo-bundle.sh $(TARGET)/demo-bundle $(RUNM)
+	$(TESTHOST) $(RUNM) --root $(TARGET)/demo-state run --bundle $(TARGET)/demo-bundle demo-$$$$
 
 lint:
 	$(CARGO) fmt --all --check
