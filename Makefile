@@ -17,9 +17,12 @@ PREFIX ?= /usr/local
 STATIC_ENV := LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu \
 	RUSTFLAGS="-C target-feature=+crt-static"
 
-# Debian packages: guest kernel build, emulated KVM test host, initramfs packing.
+# Debian packages: guest kernel build, emulated KVM test host, initramfs packing,
+# container rootfs images (e2fsprogs), the benchmarks' peers (runc, crun), and the
+# agent's static libseccomp (libseccomp-dev).
 APT_PACKAGES := linux-source-6.12 bc flex bison libelf-dev libssl-dev xz-utils \
-	qemu-system-x86 linux-image-amd64 busybox-static cpio kmod libseccomp-dev
+	qemu-system-x86 linux-image-amd64 busybox-static cpio kmod e2fsprogs runc crun \
+	libseccomp-dev
 
 .PHONY: all deps runm agent kernel initramfs guest test-guest demo test unit-test \
 	integration-test lint bench install clean
@@ -59,8 +62,10 @@ initramfs: agent deps
 
 guest: kernel initramfs
 
+# Runs a busybox container in a microVM with `runm run`, as a runc user would.
 demo: all
-	$(TESTHOST) $(RUNM) boot
+	scripts/demo-bundle.sh $(TARGET)/demo-bundle $(RUNM)
+	$(TESTHOST) $(RUNM) --root $(TARGET)/demo-state run --bundle $(TARGET)/demo-bundle demo-$$$$
 
 lint:
 	$(CARGO) fmt --all --check

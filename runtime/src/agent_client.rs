@@ -7,7 +7,9 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use runm_protocol::{read_frame, write_frame, AgentInfo, FrameError, Request, Response};
+use runm_protocol::{
+    read_frame, write_frame, AgentInfo, FrameError, ProcessKey, Request, Response, StreamKind,
+};
 
 /// The handshake reply is short; anything longer is a misbehaving peer.
 const MAX_HANDSHAKE_LINE: usize = 32;
@@ -28,7 +30,7 @@ pub enum AgentError {
     Frame(#[from] FrameError),
     #[error("the agent sent an invalid response: {0}")]
     Invalid(String),
-    #[error("the agent refused the request: {0}")]
+    #[error("{0}")]
     Refused(String),
     #[error("the agent speaks protocol version {got}, runm needs {want}")]
     Version { got: u32, want: u32 },
@@ -79,13 +81,26 @@ impl AgentClient {
 
     /// Sends one request and returns the validated response.
     pub fn call(&mut self, request: &Request, timeout: Duration) -> Result<Response, AgentError> {
+        self.call_within(request, Some(timeout))
+    }
+
+    /// Sends a request whose answer may take as long as it takes (`Wait`).
+    pub fn call_blocking(&mut self, request: &Request) -> Result<Response, AgentError> {
+        self.call_within(request, None)
+    }
+
+    fn call_within(
+        &mut self,
+        request: &Request,
+        timeout: Option<Duration>,
+    ) -> Result<Response, AgentError> {
         self.stream
-            .set_read_timeout(Some(timeout))
+            .set_read_timeout(timeout)
             .map_err(|e| AgentError::Frame(e.into()))?;
         write_frame(&mut self.stream, request)?;
         let response: Response = read_frame(&mut self.stream).map_err(|e| match e {
             FrameError::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
-                AgentError::Timeout(timeout)
+                AgentError::Timeout(timeout.unwrap_or_default())
             }
             other => AgentError::Frame(other),
         })?;
@@ -94,6 +109,32 @@ impl AgentClient {
             return Err(AgentError::Refused(message.clone()));
         }
         Ok(response)
+    }
+
+    /// Makes this connection one stdio stream of `process` (see the protocol docs):
+    /// once the agent has said yes, it carries raw bytes, so the socket is returned.
+    pub fn attach_stream(
+        mut self,
+        process: ProcessKey,
+        stream: StreamKind,
+        timeout: Duration,
+    ) -> Result<UnixStream, AgentError> {
+        match self.call(&Request::AttachStream { process, stream }, timeout)? {
+            Response::Ok => {}
+            other => return Err(AgentError::Invalid(format!("expected ok, got {other:?}"))),
+        }
+        self.stream
+            .set_read_timeout(None)
+            .map_err(|e| AgentError::Frame(e.into()))?;
+        Ok(self.stream)
+    }
+
+    /// Sends a request that is answered with `Ok`.
+    pub fn call_ok(&mut self, request: &Request, timeout: Duration) -> Result<(), AgentError> {
+        match self.call(request, timeout)? {
+            Response::Ok => Ok(()),
+            other => Err(AgentError::Invalid(format!("expected ok, got {other:?}"))),
+        }
     }
 
     /// Asks the agent what it is, and checks that it speaks our protocol.
@@ -112,10 +153,7 @@ impl AgentClient {
 
     /// Asks the agent to power the VM off.
     pub fn shutdown(&mut self, timeout: Duration) -> Result<(), AgentError> {
-        match self.call(&Request::Shutdown, timeout)? {
-            Response::Ok => Ok(()),
-            other => Err(AgentError::Invalid(format!("expected ok, got {other:?}"))),
-        }
+        self.call_ok(&Request::Shutdown, timeout)
     }
 }
 

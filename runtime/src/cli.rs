@@ -28,6 +28,184 @@ pub struct GlobalOpts {
     /// Enable debug logging.
     #[arg(long, global = true)]
     pub debug: bool,
+    /// Accepted for runc compatibility; cgroups live in the guest.
+    #[arg(long = "systemd-cgroup", global = true)]
+    pub systemd_cgroup: bool,
+    /// Accepted for runc compatibility (no rootless mode).
+    #[arg(long, global = true, hide = true)]
+    pub rootless: Option<String>,
+}
+
+/// Flags `create` and `run` share.
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Container id.
+    pub id: String,
+    /// The bundle directory (config.json and rootfs).
+    #[arg(long, short = 'b', default_value = ".")]
+    pub bundle: PathBuf,
+    /// Unix socket that receives the pty master when process.terminal is set.
+    #[arg(long = "console-socket")]
+    pub console_socket: Option<PathBuf>,
+    /// File to write the host process's pid to.
+    #[arg(long = "pid-file")]
+    pub pid_file: Option<PathBuf>,
+    /// Accepted for runc compatibility (the guest always pivots).
+    #[arg(long = "no-pivot")]
+    pub no_pivot: bool,
+    /// Accepted for runc compatibility.
+    #[arg(long = "no-new-keyring")]
+    pub no_new_keyring: bool,
+    /// Extra fds to pass (only 0 is supported: host fds cannot enter the VM).
+    #[arg(long = "preserve-fds", default_value_t = 0)]
+    pub preserve_fds: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub create: CreateArgs,
+    /// Return once the container started, instead of waiting for it.
+    #[arg(long, short = 'd')]
+    pub detach: bool,
+    /// Keep the container's state after it exits.
+    #[arg(long)]
+    pub keep: bool,
+    /// Accepted for runc compatibility.
+    #[arg(long = "no-subreaper")]
+    pub no_subreaper: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct IdArg {
+    /// Container id.
+    pub id: String,
+}
+
+#[derive(Debug, Args)]
+pub struct KillArgs {
+    pub id: String,
+    /// Signal name or number.
+    #[arg(default_value = "SIGTERM")]
+    pub signal: String,
+    /// Signal every process of the container.
+    #[arg(long, short = 'a')]
+    pub all: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    pub id: String,
+    /// Kill the container if it is still running.
+    #[arg(long, short = 'f')]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    pub id: String,
+    /// The command and its arguments (unless --process is given).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+    /// A JSON file with the OCI process to run.
+    #[arg(long, short = 'p')]
+    pub process: Option<PathBuf>,
+    #[arg(long = "console-socket")]
+    pub console_socket: Option<PathBuf>,
+    #[arg(long)]
+    pub cwd: Option<PathBuf>,
+    /// KEY=VALUE, repeatable.
+    #[arg(long, short = 'e')]
+    pub env: Vec<String>,
+    /// Allocate a terminal.
+    #[arg(long, short = 't')]
+    pub tty: bool,
+    /// UID[:GID].
+    #[arg(long, short = 'u')]
+    pub user: Option<String>,
+    /// Additional group ids, repeatable.
+    #[arg(long = "additional-gids", short = 'g')]
+    pub additional_gids: Vec<u32>,
+    /// Capabilities to add, repeatable.
+    #[arg(long, short = 'c')]
+    pub cap: Vec<String>,
+    #[arg(long = "no-new-privs")]
+    pub no_new_privs: bool,
+    /// Return once the process started.
+    #[arg(long, short = 'd')]
+    pub detach: bool,
+    #[arg(long = "pid-file")]
+    pub pid_file: Option<PathBuf>,
+    #[arg(long = "preserve-fds", default_value_t = 0)]
+    pub preserve_fds: u32,
+    #[arg(long = "process-label", hide = true)]
+    pub process_label: Option<String>,
+    #[arg(long, hide = true)]
+    pub apparmor: Option<String>,
+    #[arg(long = "ignore-paused", hide = true)]
+    pub ignore_paused: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct FormatArgs {
+    /// table or json.
+    #[arg(long, short = 'f', default_value = "table")]
+    pub format: String,
+}
+
+#[derive(Debug, Args)]
+pub struct PsArgs {
+    pub id: String,
+    #[command(flatten)]
+    pub format: FormatArgs,
+    /// ps options (ignored: the guest's processes are listed by runm).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    pub ps_args: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub format: FormatArgs,
+    /// Only the ids.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SpecArgs {
+    /// Where to write config.json.
+    #[arg(long, short = 'b', default_value = ".")]
+    pub bundle: PathBuf,
+    /// A spec for rootless containers (not supported).
+    #[arg(long)]
+    pub rootless: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    pub id: String,
+    /// Print one stats event and exit.
+    #[arg(long)]
+    pub stats: bool,
+    /// How often to print stats, e.g. 5s or 500ms.
+    #[arg(long, default_value = "5s")]
+    pub interval: String,
+}
+
+#[derive(Debug, Args)]
+pub struct SandboxArgs {
+    pub id: String,
+    #[arg(long = "console-socket")]
+    pub console_socket: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecHostArgs {
+    pub id: String,
+    pub exec_id: String,
+    #[arg(long = "console-socket")]
+    pub console_socket: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -36,6 +214,40 @@ pub enum Command {
     /// (for debugging the VMM and guest image).
     #[command(hide = true)]
     Boot(BootArgs),
+    /// Create a container: boot its microVM and set it up, ready for `start`.
+    Create(CreateArgs),
+    /// Start the process of a created container.
+    Start(IdArg),
+    /// Create and start a container, and wait for it (unless --detach).
+    Run(RunArgs),
+    /// Print a container's state (OCI state JSON).
+    State(IdArg),
+    /// Send a signal to a container's process.
+    Kill(KillArgs),
+    /// Delete a container and its microVM.
+    Delete(DeleteArgs),
+    /// Run another process in a running container.
+    Exec(ExecArgs),
+    /// List a container's processes.
+    Ps(PsArgs),
+    /// List containers.
+    List(ListArgs),
+    /// Write a default config.json.
+    Spec(SpecArgs),
+    /// Freeze a container's processes.
+    Pause(IdArg),
+    /// Thaw a paused container.
+    Resume(IdArg),
+    /// Print a container's resource usage as events.
+    Events(EventsArgs),
+    /// Print what this runtime supports (JSON).
+    Features,
+    /// The host process that owns a container's microVM (spawned by create).
+    #[command(hide = true)]
+    Sandbox(SandboxArgs),
+    /// The host process of a detached exec (spawned by exec --detach).
+    #[command(name = "exec-host", hide = true)]
+    ExecHost(ExecHostArgs),
 }
 
 #[derive(Debug, Args)]

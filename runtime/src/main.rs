@@ -3,37 +3,104 @@
 mod agent_client;
 mod cli;
 mod commands;
+mod config;
+mod console;
 mod guest_assets;
+mod hooks;
+mod host;
+mod ready;
+mod relay;
+mod rootfs_image;
 mod sandbox;
+mod signals;
+mod spec;
+mod state;
 
 use clap::Parser;
 
 fn main() {
     let cli = cli::Cli::parse();
     init_logging(&cli.global);
+    let g = &cli.global;
+    use cli::Command as C;
+    use commands::{create, exec, info, lifecycle};
     let result = match cli.command {
-        cli::Command::Boot(args) => commands::boot::run(args),
+        C::Boot(args) => commands::boot::run(args),
+        C::Create(args) => create::create(g, &args),
+        C::Start(args) => lifecycle::start(g, &args),
+        C::Run(args) => create::run(g, &args),
+        C::State(args) => info::state(g, &args),
+        C::Kill(args) => lifecycle::kill_cmd(g, &args),
+        C::Delete(args) => lifecycle::delete(g, &args),
+        C::Exec(args) => exec::exec(g, &args),
+        C::Ps(args) => info::ps(g, &args),
+        C::List(args) => info::list(g, &args),
+        C::Spec(args) => info::spec(&args),
+        C::Pause(args) => lifecycle::pause(g, &args),
+        C::Resume(args) => lifecycle::resume(g, &args),
+        C::Events(args) => info::events(g, &args),
+        C::Features => info::features(),
+        C::Sandbox(args) => Ok(host::run_sandbox(
+            &state::Root::new(&g.root),
+            &args.id,
+            args.console_socket.as_deref(),
+        )),
+        C::ExecHost(args) => Ok(exec::exec_host(g, &args)),
     };
     std::process::exit(match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("runm: {}", error_message(&e));
+            let msg = error_message(&e);
+            // containerd's shim reads the reason from the --log file.
+            log::error!("{msg}");
+            if g.log.is_some() {
+                eprintln!("runm: {msg}");
+            }
             1
         }
     });
 }
 
+/// Logs go to stderr, or to `--log` (appended) in runc's text or JSON format.
 fn init_logging(global: &cli::GlobalOpts) {
     let level = if global.debug { "debug" } else { "warn" };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
-        .format_timestamp_millis()
-        .init();
+    let mut builder =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level));
+    let json = global.log_format == "json";
+    builder.format(move |buf, record| {
+        use std::io::Write;
+        let time = humantime::format_rfc3339_millis(std::time::SystemTime::now());
+        let level = record.level().as_str().to_ascii_lowercase();
+        if json {
+            let line = serde_json::json!({
+                "level": level, "msg": record.args().to_string(), "time": time.to_string()
+            });
+            writeln!(buf, "{line}")
+        } else if record.level() == log::Level::Error {
+            writeln!(buf, "runm: {}", record.args())
+        } else {
+            writeln!(buf, "{time} {level} runm: {}", record.args())
+        }
+    });
+    if let Some(path) = &global.log {
+        match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            Ok(file) => {
+                builder.target(env_logger::Target::Pipe(Box::new(file)));
+            }
+            Err(e) => eprintln!("runm: cannot open log file {}: {e}", path.display()),
+        }
+    }
+    builder.init();
 }
 
 /// The error and its causes on one line. Many of our errors already include their source
 /// in their message (so that they read well on their own); a cause whose text is already
 /// there is not repeated.
-fn error_message(e: &anyhow::Error) -> String {
+pub fn error_message(e: &anyhow::Error) -> String {
     let mut out = String::new();
     for cause in e.chain() {
         let msg = cause.to_string();

@@ -6,6 +6,8 @@ use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+pub mod bundle;
+
 /// The agent's banner, as far as it does not depend on the kernel.
 pub const BANNER_PREFIX: &str = "runm-agent ready (kernel ";
 
@@ -69,13 +71,28 @@ pub fn vm_lock() -> MutexGuard<'static, ()> {
 
 /// Runs `runm ARGS` to completion, killing it after `deadline` (a test failure).
 pub fn run_runm(args: &[&str], deadline: Duration) -> Output {
-    let child = Command::new(runm_bin())
+    run_runm_in(args, deadline, None)
+}
+
+/// Runs `runm ARGS` with `stdin` (or an empty stdin), killing it after `deadline`.
+pub fn run_runm_in(args: &[&str], deadline: Duration, stdin: Option<&[u8]>) -> Output {
+    let mut child = Command::new(runm_bin())
         .args(args)
-        .stdin(Stdio::null())
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn runm");
+    if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        let data = data.to_vec();
+        std::thread::spawn(move || {
+            let _ = std::io::Write::write_all(&mut pipe, &data);
+        });
+    }
     let pid = child.id();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

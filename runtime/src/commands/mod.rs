@@ -1,3 +1,7 @@
-//! One module per `runm` verb.
+//! One module per group of subcommands.
 
 pub mod boot;
+pub mod create;
+pub mod exec;
+pub mod info;
+pub mod lifecycle;

@@ -114,7 +114,8 @@ impl Vcpu {
             "KVM_GET_SUPPORTED_CPUID",
             vm.kvm().get_supported_cpuid(KVM_MAX_CPUID_ENTRIES),
         )?;
-        cpuid::patch_for_vcpu(&mut cpuid, id, count);
+        let tsc_deadline = vm.kvm().check_extension(kvm_ioctls::Cap::TscDeadlineTimer);
+        cpuid::patch_for_vcpu(&mut cpuid, id, count, tsc_deadline);
         self.ioctl("KVM_SET_CPUID2", self.fd.set_cpuid2(&cpuid))?;
 
         let msrs = msr::boot_msrs().map_err(|source| VcpuError::Msr { id, source })?;
@@ -144,21 +145,26 @@ impl Vcpu {
     /// Runs the vCPU until the guest stops it, KVM fails, or `stop` is set and the thread
     /// is kicked; says why.
     pub fn run(mut self, buses: &IoBuses, stop: &AtomicBool) -> VcpuExited {
+        let mut exits = ExitCounts::default();
         let why = loop {
             if stop.load(Ordering::Acquire) {
                 break VcpuStop::Kicked;
             }
             match self.fd.run() {
                 Ok(VcpuExit::IoOut(port, data)) => {
+                    exits.count("pio-out", u64::from(port));
                     buses.pio.write(u64::from(port), data);
                 }
                 Ok(VcpuExit::IoIn(port, data)) => {
+                    exits.count("pio-in", u64::from(port));
                     buses.pio.read(u64::from(port), data);
                 }
                 Ok(VcpuExit::MmioRead(addr, data)) => {
+                    exits.count("mmio-read", addr);
                     buses.mmio.read(addr, data);
                 }
                 Ok(VcpuExit::MmioWrite(addr, data)) => {
+                    exits.count("mmio-write", addr);
                     buses.mmio.write(addr, data);
                 }
                 Ok(VcpuExit::Shutdown) => break VcpuStop::Shutdown,
@@ -176,7 +182,36 @@ impl Vcpu {
                 Err(e) => break VcpuStop::Failed(format!("KVM_RUN failed: {e}")),
             }
         };
-        log::debug!("vCPU {} stopped: {why:?}", self.id);
+        log::debug!(
+            "vCPU {} stopped: {why:?}; exits to the VMM: {exits}",
+            self.id
+        );
         VcpuExited { id: self.id, why }
+    }
+}
+
+/// Exits to the VMM by kind and address: each is costly (more so on nested hosts), so
+/// this is where boot time hides. Logged at debug level when the vCPU stops.
+#[derive(Debug, Default)]
+struct ExitCounts {
+    by_addr: std::collections::HashMap<(&'static str, u64), u64>,
+}
+
+impl ExitCounts {
+    fn count(&mut self, kind: &'static str, addr: u64) {
+        *self.by_addr.entry((kind, addr)).or_default() += 1;
+    }
+}
+
+impl std::fmt::Display for ExitCounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut all: Vec<_> = self.by_addr.iter().collect();
+        all.sort_by(|a, b| b.1.cmp(a.1));
+        let total: u64 = all.iter().map(|(_, n)| **n).sum();
+        write!(f, "{total} in all")?;
+        for ((kind, addr), n) in all.iter().take(12) {
+            write!(f, ", {kind} {addr:#x}: {n}")?;
+        }
+        Ok(())
     }
 }

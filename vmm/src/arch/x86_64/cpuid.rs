@@ -9,6 +9,11 @@ const LEAF_EXT_TOPOLOGY_V2: u32 = 0x1f;
 const EDX_HTT: u32 = 1 << 28;
 /// CPUID.1:ECX.HYPERVISOR: tells the kernel to look for KVM's paravirt leaves.
 const ECX_HYPERVISOR: u32 = 1 << 31;
+/// CPUID.1:ECX.TSC-Deadline: KVM emulates the LAPIC timer's TSC-deadline mode, but
+/// reports it through KVM_CAP_TSC_DEADLINE_TIMER rather than the supported CPUID.
+/// With it the guest skips calibrating the LAPIC timer against the PIT: a slow step
+/// of every boot, and one that fails outright on slow (nested) hosts.
+const ECX_TSC_DEADLINE: u32 = 1 << 24;
 
 /// Intel architectural performance monitoring.
 const LEAF_ARCH_PERFMON: u32 = 0xa;
@@ -19,17 +24,20 @@ const LEAF_AMD_PERFMON_V2: u32 = 0x8000_0022;
 const ECX_AMD_PERF_COUNTERS: u32 = (1 << 23) | (1 << 24) | (1 << 28);
 
 /// Adjusts the supported CPUID for vCPU `id` of `count`: one package of `count`
-/// single-threaded cores, APIC id equal to the vCPU index, and no performance monitoring
-/// unit. A microVM has no use for guest PMU access (it would measure the host's other
+/// single-threaded cores, APIC id equal to the vCPU index, the TSC-deadline timer when
+/// KVM has it, and no performance monitoring unit. A microVM has no use for guest PMU access (it would measure the host's other
 /// tenants), and hiding it keeps the guest's PMU probe away from counter MSRs that
 /// some KVM hosts (nested ones among them) do not handle.
-pub fn patch_for_vcpu(cpuid: &mut CpuId, id: u8, count: u8) {
+pub fn patch_for_vcpu(cpuid: &mut CpuId, id: u8, count: u8, tsc_deadline: bool) {
     for entry in cpuid.as_mut_slice() {
         match entry.function {
             LEAF_FEATURES => {
                 entry.ebx =
                     (entry.ebx & 0x0000_ffff) | (u32::from(id) << 24) | (u32::from(count) << 16);
                 entry.ecx |= ECX_HYPERVISOR;
+                if tsc_deadline {
+                    entry.ecx |= ECX_TSC_DEADLINE;
+                }
                 if count > 1 {
                     entry.edx |= EDX_HTT;
                 }
@@ -83,7 +91,7 @@ mod tests {
             leaf(LEAF_AMD_PERFMON_V2, 0),
         ])
         .unwrap();
-        patch_for_vcpu(&mut cpuid, 0, 1);
+        patch_for_vcpu(&mut cpuid, 0, 1, false);
         let e = cpuid.as_slice();
         assert_eq!(e[0].eax, 0, "no architectural perfmon");
         assert_eq!(e[1].ecx & ECX_AMD_PERF_COUNTERS, 0);
@@ -99,8 +107,13 @@ mod tests {
             ..Default::default()
         }])
         .unwrap();
-        patch_for_vcpu(&mut cpuid, 3, 4);
+        let plain = cpuid.clone();
+        patch_for_vcpu(&mut cpuid, 3, 4, true);
         let e = cpuid.as_slice()[0];
+        assert_ne!(e.ecx & ECX_TSC_DEADLINE, 0);
+        let mut without = plain;
+        patch_for_vcpu(&mut without, 3, 4, false);
+        assert_eq!(without.as_slice()[0].ecx & ECX_TSC_DEADLINE, 0);
         assert_eq!(e.ebx >> 24, 3);
         assert_eq!((e.ebx >> 16) & 0xff, 4);
         assert_eq!(e.ebx & 0xffff, 0xffff);

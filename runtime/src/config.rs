@@ -1,0 +1,98 @@
+//! runm's own settings: `/etc/runm/config.toml` (or `$RUNM_CONFIG`), overridden by the
+//! environment (`RUNM_KERNEL`, `RUNM_INITRD`). Everything has a default, so a missing
+//! file is fine; an unreadable or malformed one is an error that names it.
+//!
+//! ```toml
+//! kernel = "/usr/local/lib/runm/vmlinux"
+//! initrd = "/usr/local/lib/runm/initramfs.cpio"
+//! boot_timeout_secs = 120
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+const DEFAULT_PATH: &str = "/etc/runm/config.toml";
+const DEFAULT_BOOT_TIMEOUT_SECS: u64 = 120;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: {source}", .path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {source}", .path.display())]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub kernel: Option<PathBuf>,
+    pub initrd: Option<PathBuf>,
+    pub boot_timeout_secs: Option<u64>,
+}
+
+impl Config {
+    pub fn load() -> Result<Self, ConfigError> {
+        let path = std::env::var_os("RUNM_CONFIG")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_PATH));
+        let mut config = Self::from_file(&path)?;
+        if let Some(k) = std::env::var_os("RUNM_KERNEL") {
+            config.kernel = Some(k.into());
+        }
+        if let Some(i) = std::env::var_os("RUNM_INITRD") {
+            config.initrd = Some(i.into());
+        }
+        Ok(config)
+    }
+
+    fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    pub fn boot_timeout(&self) -> Duration {
+        Duration::from_secs(self.boot_timeout_secs.unwrap_or(DEFAULT_BOOT_TIMEOUT_SECS))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_values_and_errors() {
+        let dir = std::env::temp_dir().join(format!("runm-config-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("config.toml");
+        assert!(Config::from_file(&p).unwrap().kernel.is_none());
+        std::fs::write(&p, "kernel = \"/k\"\nboot_timeout_secs = 5\n").unwrap();
+        let c = Config::from_file(&p).unwrap();
+        assert_eq!(c.kernel, Some(PathBuf::from("/k")));
+        assert_eq!(c.boot_timeout(), Duration::from_secs(5));
+        std::fs::write(&p, "kernal = \"/k\"\n").unwrap();
+        let e = Config::from_file(&p).unwrap_err().to_string();
+        assert!(e.contains("config.toml") && e.contains("kernal"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,259 @@
+//! Host processes: the one per container that owns the microVM (`runm create` spawns
+//! it as `runm sandbox <id>`), and the one per exec'd process. Each relays its process's
+//! stdio, forwards signals to it, and exits with its status, so a caller that knows
+//! runc (containerd's shim reaping the `--pid-file` pid) sees a container's end as it
+//! would with runc.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use runm_protocol::{ProcessKey, Request, Response, Rootfs};
+use vmm::devices::virtio::block::BlockConfig;
+use vmm::devices::virtio::vsock::VsockConfig;
+use vmm::VmConfig;
+
+use crate::agent_client::AgentClient;
+use crate::config::Config;
+use crate::console::{self, RawGuard};
+use crate::guest_assets::{self, Asset};
+use crate::hooks::{self, HookPoint};
+use crate::relay::{HostStdio, Relay};
+use crate::sandbox::Sandbox;
+use crate::spec::Bundle;
+use crate::state::{self, Root, Status};
+
+pub const READY_SOCK: &str = "ready.sock";
+pub const VSOCK_SOCK: &str = "vsock.sock";
+const ROOTFS_IMAGE: &str = "rootfs.img";
+const CONSOLE_LOG: &str = "console.log";
+const GUEST_CID: u32 = 3;
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the output may trail the exit status.
+const OUTPUT_GRACE: Duration = Duration::from_secs(10);
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Logs how long a phase took, for the benchmarks' breakdown.
+pub fn phase(name: &str, since: std::time::Instant) {
+    log::debug!("phase {name} {:.1}", since.elapsed().as_secs_f64() * 1000.0);
+}
+
+/// The vsock socket of a container's VM.
+pub fn vsock_path(dir: &Path) -> PathBuf {
+    dir.join(VSOCK_SOCK)
+}
+
+/// A client for the agent of the container whose state is in `dir`.
+pub fn agent(dir: &Path) -> anyhow::Result<AgentClient> {
+    AgentClient::connect(
+        &vsock_path(dir),
+        runm_protocol::AGENT_PORT,
+        Duration::from_secs(10),
+    )
+    .context("cannot reach the container's VM")
+}
+
+/// Where a process's terminal or stdio goes on the host.
+pub fn host_stdio(
+    terminal: bool,
+    console_socket: Option<&Path>,
+) -> anyhow::Result<(HostStdio, Option<RawGuard>)> {
+    if !terminal {
+        return Ok((HostStdio::inherited(false)?, None));
+    }
+    match console_socket {
+        Some(path) => Ok((HostStdio::pty(console::send_to_socket(path)?)?, None)),
+        None => {
+            let guard = RawGuard::new(std::os::fd::AsFd::as_fd(&std::io::stdin()));
+            Ok((HostStdio::inherited(true)?, guard))
+        }
+    }
+}
+
+/// Attaches `stdio` and sends `create` (`CreateContainer` or `Exec`); returns the relay
+/// and the guest pid.
+pub fn launch(
+    uds: &Path,
+    key: &ProcessKey,
+    stdio: HostStdio,
+    create: &Request,
+) -> anyhow::Result<(Relay, i32)> {
+    let relay = Relay::attach(uds, key, stdio).context("cannot attach the process's stdio")?;
+    let mut agent = AgentClient::connect(uds, runm_protocol::AGENT_PORT, CALL_TIMEOUT)?;
+    match agent.call(create, CALL_TIMEOUT)? {
+        Response::Created { pid } => Ok((relay, pid)),
+        other => bail!("the agent answered {other:?} to a create request"),
+    }
+}
+
+/// Waits for the process to end and its output to arrive; returns its status. A VM or
+/// agent that goes away counts as a kill.
+pub fn wait_exit(uds: &Path, key: &ProcessKey, mut relay: Relay) -> i32 {
+    let status =
+        AgentClient::connect(uds, runm_protocol::AGENT_PORT, CALL_TIMEOUT).and_then(|mut a| {
+            a.call_blocking(&Request::Wait {
+                process: key.clone(),
+            })
+        });
+    let status = match status {
+        Ok(Response::Exited { status }) => status,
+        Ok(other) => {
+            log::error!("the agent answered {other:?} to wait");
+            255
+        }
+        Err(e) => {
+            log::error!("lost the guest while waiting for the process: {e}");
+            128 + 9
+        }
+    };
+    if !relay.wait_output(OUTPUT_GRACE) {
+        log::warn!("the process's output did not all arrive within {OUTPUT_GRACE:?}");
+    }
+    status
+}
+
+/// `runm sandbox <id>`: boots the VM, creates the container, reports to `runm create`,
+/// then waits for the container to end and exits with its status.
+pub fn run_sandbox(root: &Root, id: &str, console_socket: Option<&Path>) -> i32 {
+    let dir = root.dir(id);
+    let reporter = crate::ready::Reporter::connect(&dir.join(READY_SOCK));
+    let started = start_container(root, id, console_socket);
+    let (sandbox, relay, _raw) = match (started, reporter) {
+        (Ok(s), Ok(r)) => {
+            r.ok();
+            s
+        }
+        (Err(e), Ok(r)) => {
+            r.fail(&crate::error_message(&e));
+            return 1;
+        }
+        (Err(e), Err(_)) => {
+            log::error!("{}", crate::error_message(&e));
+            return 1;
+        }
+        (Ok(_), Err(e)) => {
+            log::error!("cannot report to runm create: {e}");
+            return 1;
+        }
+    };
+    let uds = vsock_path(&dir);
+    let key = ProcessKey::init(id);
+    if let Err(e) = crate::signals::forward_to_guest(uds.clone(), key.clone()) {
+        log::warn!("cannot forward signals: {e}");
+    }
+    let status = wait_exit(&uds, &key, relay);
+    if let Err(e) = record_exit(root, id, status) {
+        log::error!("cannot record the container's exit: {e}");
+    }
+    let t = std::time::Instant::now();
+    if let Err(e) = sandbox.stop(SHUTDOWN_GRACE) {
+        log::warn!("stopping the VM: {e}");
+    }
+    phase("vm_shutdown", t);
+    status
+}
+
+fn record_exit(root: &Root, id: &str, status: i32) -> anyhow::Result<()> {
+    let locked = root.lock(id)?;
+    let mut state = locked.load_raw()?;
+    state.status = Status::Stopped;
+    state.exit_status = Some(status);
+    locked.save(&state)?;
+    Ok(())
+}
+
+type Started = (Sandbox, Relay, Option<RawGuard>);
+
+fn start_container(
+    root: &Root,
+    id: &str,
+    console_socket: Option<&Path>,
+) -> anyhow::Result<Started> {
+    let dir = root.dir(id);
+    let bundle_dir = root.lock(id)?.load_raw()?.bundle;
+    let bundle = Bundle::load(&bundle_dir)?;
+    let config = Config::load()?;
+    let (vcpus, mem_mib) = bundle.vm_size()?;
+    let image = dir.join(ROOTFS_IMAGE);
+    let t = std::time::Instant::now();
+    crate::rootfs_image::build(&bundle.rootfs()?, &image)?;
+    phase("rootfs_image", t);
+    let console_log = dir.join(CONSOLE_LOG);
+    let serial = std::fs::File::create(&console_log)
+        .with_context(|| format!("cannot create {}", console_log.display()))?;
+    let readonly = bundle.readonly_root();
+    let vm = VmConfig {
+        kernel: guest_assets::locate(Asset::Kernel, config.kernel.clone())?,
+        initrd: Some(guest_assets::locate(
+            Asset::Initramfs,
+            config.initrd.clone(),
+        )?),
+        cmdline: format!("{} quiet", vmm::config::DEFAULT_CMDLINE),
+        vcpus,
+        mem_mib,
+        serial_out: Box::new(serial),
+        disks: vec![BlockConfig {
+            path: image,
+            read_only: readonly,
+        }],
+        vsock: Some(VsockConfig {
+            guest_cid: GUEST_CID,
+            uds_path: vsock_path(&dir),
+        }),
+    };
+    let t = std::time::Instant::now();
+    let sandbox = Sandbox::start(vm, config.boot_timeout()).with_context(|| {
+        format!(
+            "the microVM did not boot (console log: {})",
+            console_log.display()
+        )
+    })?;
+    phase("boot_to_agent", t);
+    let t = std::time::Instant::now();
+    let result = create_in_guest(root, id, &bundle, console_socket);
+    phase("create_in_guest", t);
+    match result {
+        Ok((relay, raw)) => Ok((sandbox, relay, raw)),
+        Err(e) => {
+            let _ = sandbox.stop(SHUTDOWN_GRACE);
+            Err(e)
+        }
+    }
+}
+
+fn create_in_guest(
+    root: &Root,
+    id: &str,
+    bundle: &Bundle,
+    console_socket: Option<&Path>,
+) -> anyhow::Result<(Relay, Option<RawGuard>)> {
+    let dir = root.dir(id);
+    let (stdio, raw) = host_stdio(bundle.terminal(), console_socket)?;
+    let create = Request::CreateContainer {
+        id: id.to_string(),
+        spec: bundle.guest_spec()?,
+        rootfs: Rootfs::Block {
+            device: "/dev/vda".into(),
+            fstype: "ext4".into(),
+            readonly: bundle.readonly_root(),
+        },
+    };
+    let (relay, guest_pid) = launch(&vsock_path(&dir), &ProcessKey::init(id), stdio, &create)
+        .context("cannot create the container in the guest")?;
+    let locked = root.lock(id)?;
+    let mut st = locked.load_raw()?;
+    let pid = i32::try_from(std::process::id()).unwrap_or(0);
+    st.pid = pid;
+    st.pid_start = state::process_start_time(pid).unwrap_or(0);
+    st.guest_pid = guest_pid;
+    st.status = Status::Created;
+    locked.save(&st)?;
+    let oci = st.oci_json();
+    hooks::run(bundle.spec.hooks().as_ref(), HookPoint::CreateRuntime, &oci)?;
+    hooks::run(
+        bundle.spec.hooks().as_ref(),
+        HookPoint::CreateContainer,
+        &oci,
+    )?;
+    Ok((relay, raw))
+}

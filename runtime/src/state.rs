@@ -1,0 +1,368 @@
+//! Container state on the host: one directory per container under `--root`, holding
+//! `state.json`, the VM's vsock socket, the rootfs image and the console log.
+//!
+//! Commands on one container serialize on an exclusive `flock` of `<dir>/lock`. The
+//! host process that owns the VM records the container's end itself; when it died
+//! without doing so, [`ContainerState::refresh`] notices (its pid is gone or reused) and
+//! the container reads as stopped, as runc's does when its init is gone.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+const STATE_FILE: &str = "state.json";
+const LOCK_FILE: &str = "lock";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("invalid container id {0:?}: use letters, digits, and _ + - . only")]
+    InvalidId(String),
+    #[error("container {0} does not exist")]
+    NotFound(String),
+    #[error("container with id {0} already exists")]
+    Exists(String),
+    #[error("{}: {source}", .path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {source}", .path.display())]
+    Corrupt {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("cannot lock {}: {source}", .path.display())]
+    Lock { path: PathBuf, source: nix::Error },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
+    move |source| StateError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The OCI lifecycle states, plus runc's `paused`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Creating,
+    Created,
+    Running,
+    Paused,
+    Stopped,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Creating => "creating",
+            Status::Created => "created",
+            Status::Running => "running",
+            Status::Paused => "paused",
+            Status::Stopped => "stopped",
+        }
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What `state.json` holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerState {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub status: Status,
+    /// The host process that owns the VM (what `--pid-file` names), 0 before it exists.
+    pub pid: i32,
+    /// Its start time in clock ticks (`/proc/<pid>/stat` field 22), to tell a reused pid.
+    pub pid_start: u64,
+    /// The container's init in the guest.
+    pub guest_pid: i32,
+    /// RFC 3339.
+    pub created: String,
+    #[serde(default)]
+    pub annotations: HashMap<String, String>,
+    /// The init's status once it ended (exit code, or 128 + signal).
+    #[serde(default)]
+    pub exit_status: Option<i32>,
+}
+
+impl ContainerState {
+    /// The state as the OCI runtime spec (and runc) prints it.
+    pub fn oci_json(&self) -> serde_json::Value {
+        let pid = match self.status {
+            Status::Stopped => 0,
+            _ => self.pid,
+        };
+        serde_json::json!({
+            "ociVersion": crate::spec::OCI_VERSION,
+            "id": self.id,
+            "pid": pid,
+            "status": self.status.as_str(),
+            "bundle": self.bundle,
+            "rootfs": self.bundle.join("rootfs"),
+            "created": self.created,
+            "annotations": self.annotations,
+            "owner": "",
+        })
+    }
+
+    /// Marks the container stopped if its host process is gone.
+    pub fn refresh(&mut self) {
+        if self.status == Status::Stopped || self.status == Status::Creating {
+            return;
+        }
+        if self.pid > 0 && !process_alive(self.pid, self.pid_start) {
+            self.status = Status::Stopped;
+        }
+    }
+
+    /// Whether the host process still runs (and is the same process).
+    pub fn host_alive(&self) -> bool {
+        self.pid > 0 && process_alive(self.pid, self.pid_start)
+    }
+}
+
+/// runc's rule for ids.
+pub fn validate_id(id: &str) -> Result<(), StateError> {
+    let ok = !id.is_empty()
+        && id.len() <= runm_protocol::MAX_ID_LEN
+        && id != "."
+        && id != ".."
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '+' | '-' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(StateError::InvalidId(id.to_string()))
+    }
+}
+
+/// The start time of `pid` in clock ticks, or None if it is gone or a zombie.
+pub fn process_start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // fields[0] is field 3 (state); starttime is field 22.
+    if fields.first() == Some(&"Z") || fields.first() == Some(&"X") {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
+}
+
+fn process_alive(pid: i32, start: u64) -> bool {
+    process_start_time(pid).is_some_and(|s| start == 0 || s == start)
+}
+
+/// The state directory tree under `--root`.
+#[derive(Debug, Clone)]
+pub struct Root {
+    path: PathBuf,
+}
+
+impl Root {
+    pub fn new(path: &Path) -> Self {
+        Self {
+            path: path.to_path_buf(),
+        }
+    }
+
+    pub fn dir(&self, id: &str) -> PathBuf {
+        self.path.join(id)
+    }
+
+    /// Makes the directory of a new container; fails if the id is taken.
+    pub fn create_dir(&self, id: &str) -> Result<PathBuf, StateError> {
+        validate_id(id)?;
+        std::fs::create_dir_all(&self.path).map_err(io(&self.path))?;
+        let dir = self.dir(id);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                Err(StateError::Exists(id.to_string()))
+            }
+            Err(e) => Err(io(&dir)(e)),
+        }
+    }
+
+    /// Locks an existing container for the rest of a command.
+    pub fn lock(&self, id: &str) -> Result<Locked, StateError> {
+        validate_id(id)?;
+        let dir = self.dir(id);
+        let path = dir.join(LOCK_FILE);
+        let file = match OpenOptions::new().create(true).append(true).open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StateError::NotFound(id.to_string()))
+            }
+            Err(e) => return Err(io(&path)(e)),
+        };
+        let lock = Flock::lock(file, FlockArg::LockExclusive)
+            .map_err(|(_, source)| StateError::Lock { path, source })?;
+        // A delete may have removed the directory while we waited.
+        if !dir.join(STATE_FILE).exists() && !dir.exists() {
+            return Err(StateError::NotFound(id.to_string()));
+        }
+        Ok(Locked {
+            dir,
+            id: id.to_string(),
+            _lock: lock,
+        })
+    }
+
+    /// Ids of all containers, sorted.
+    pub fn ids(&self) -> Result<Vec<String>, StateError> {
+        let entries = match std::fs::read_dir(&self.path) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io(&self.path)(e)),
+        };
+        let mut ids: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().join(STATE_FILE).is_file())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+}
+
+/// A container directory held under its lock.
+#[derive(Debug)]
+pub struct Locked {
+    dir: PathBuf,
+    id: String,
+    _lock: Flock<File>,
+}
+
+impl Locked {
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Reads `state.json` as recorded (no liveness check).
+    pub fn load_raw(&self) -> Result<ContainerState, StateError> {
+        let path = self.dir.join(STATE_FILE);
+        let text = match std::fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StateError::NotFound(self.id.clone()))
+            }
+            Err(e) => return Err(io(&path)(e)),
+        };
+        serde_json::from_slice(&text).map_err(|source| StateError::Corrupt { path, source })
+    }
+
+    /// Reads the state, marking the container stopped if its host process is gone.
+    pub fn load(&self) -> Result<ContainerState, StateError> {
+        let mut state = self.load_raw()?;
+        state.refresh();
+        Ok(state)
+    }
+
+    /// Writes `state.json` atomically (temporary file, then rename).
+    pub fn save(&self, state: &ContainerState) -> Result<(), StateError> {
+        let path = self.dir.join(STATE_FILE);
+        let tmp = self.dir.join(".state.json.tmp");
+        let body = serde_json::to_vec_pretty(state).map_err(|source| StateError::Corrupt {
+            path: path.clone(),
+            source,
+        })?;
+        let mut f = File::create(&tmp).map_err(io(&tmp))?;
+        f.write_all(&body).map_err(io(&tmp))?;
+        nix::unistd::fsync(f.as_fd()).map_err(|e| io(&tmp)(e.into()))?;
+        std::fs::rename(&tmp, &path).map_err(io(&path))
+    }
+
+    /// Removes the container's directory and everything in it.
+    pub fn remove(self) -> Result<(), StateError> {
+        std::fs::remove_dir_all(&self.dir).map_err(io(&self.dir))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_root(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("runm-state-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    fn sample(id: &str) -> ContainerState {
+        ContainerState {
+            id: id.into(),
+            bundle: "/b".into(),
+            status: Status::Created,
+            pid: i32::try_from(std::process::id()).unwrap(),
+            pid_start: process_start_time(i32::try_from(std::process::id()).unwrap()).unwrap(),
+            guest_pid: 1,
+            created: "2026-01-01T00:00:00Z".into(),
+            annotations: HashMap::new(),
+            exit_status: None,
+        }
+    }
+
+    #[test]
+    fn ids_follow_runcs_rule() {
+        for ok in ["a", "abc-1_2.3+4", "A"] {
+            validate_id(ok).unwrap();
+        }
+        for bad in ["", ".", "..", "a/b", "a b", "ä", &"x".repeat(2000)] {
+            assert!(validate_id(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn create_save_load_list_remove() {
+        let root = Root::new(&temp_root("cycle"));
+        root.create_dir("c1").unwrap();
+        assert!(matches!(
+            root.create_dir("c1").unwrap_err(),
+            StateError::Exists(_)
+        ));
+        let locked = root.lock("c1").unwrap();
+        locked.save(&sample("c1")).unwrap();
+        assert_eq!(locked.load().unwrap().status, Status::Created);
+        assert_eq!(root.ids().unwrap(), vec!["c1".to_string()]);
+        locked.remove().unwrap();
+        assert!(matches!(
+            root.lock("c1").unwrap_err(),
+            StateError::NotFound(_)
+        ));
+        std::fs::remove_dir_all(root.path).unwrap();
+    }
+
+    #[test]
+    fn a_dead_host_process_reads_as_stopped() {
+        let mut s = sample("c");
+        s.refresh();
+        assert_eq!(s.status, Status::Created, "this process is alive");
+        s.pid_start += 1; // as if the pid had been reused
+        s.refresh();
+        assert_eq!(s.status, Status::Stopped);
+        assert_eq!(s.oci_json()["pid"], 0);
+    }
+
+    #[test]
+    fn oci_state_has_the_required_fields() {
+        let j = sample("c").oci_json();
+        for key in ["ociVersion", "id", "status", "pid", "bundle"] {
+            assert!(j.get(key).is_some(), "{key}");
+        }
+        assert_eq!(j["status"], "created");
+    }
+}

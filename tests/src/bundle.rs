@@ -1,0 +1,186 @@
+//! OCI bundles for the integration tests: a busybox rootfs and a config from `runm spec`,
+//! and a `runm` with its own `--root`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use crate::{run_runm_in, runm_bin, TempDir};
+
+/// The static busybox the rootfs is made of (Debian's busybox-static).
+const BUSYBOX: &str = "/bin/busybox";
+
+/// A bundle directory: `config.json` and a busybox `rootfs/`.
+#[derive(Debug)]
+pub struct TestBundle {
+    pub dir: PathBuf,
+    pub config: serde_json::Value,
+}
+
+impl TestBundle {
+    /// A bundle under `parent` running `args`, from runm's default spec.
+    pub fn busybox(parent: &TempDir, name: &str, args: &[&str]) -> Self {
+        let dir = parent.join(name);
+        let bin = dir.join("rootfs/bin");
+        std::fs::create_dir_all(&bin).expect("create rootfs");
+        for d in ["proc", "sys", "dev", "tmp", "etc", "root"] {
+            std::fs::create_dir_all(dir.join("rootfs").join(d)).expect("create rootfs dir");
+        }
+        std::fs::copy(BUSYBOX, bin.join("busybox"))
+            .expect("copy busybox (apt install busybox-static)");
+        let list = Command::new(BUSYBOX)
+            .arg("--list")
+            .output()
+            .expect("busybox --list");
+        for applet in String::from_utf8_lossy(&list.stdout).lines() {
+            let _ = std::os::unix::fs::symlink("busybox", bin.join(applet));
+        }
+        let out = Command::new(runm_bin())
+            .args(["spec", "--bundle"])
+            .arg(&dir)
+            .output()
+            .expect("runm spec");
+        assert!(out.status.success(), "runm spec: {}", crate::describe(&out));
+        let text = std::fs::read_to_string(dir.join("config.json")).expect("read config.json");
+        let mut config: serde_json::Value = serde_json::from_str(&text).expect("parse config.json");
+        config["process"]["args"] = serde_json::json!(args);
+        config["process"]["terminal"] = false.into();
+        config["root"] = serde_json::json!({"path": "rootfs", "readonly": false});
+        let b = Self { dir, config };
+        b.write();
+        b
+    }
+
+    /// Changes the config and writes it out.
+    pub fn edit(&mut self, f: impl FnOnce(&mut serde_json::Value)) {
+        f(&mut self.config);
+        self.write();
+    }
+
+    fn write(&self) {
+        std::fs::write(self.dir.join("config.json"), self.config.to_string())
+            .expect("write config.json");
+    }
+
+    pub fn path(&self) -> &str {
+        self.dir.to_str().expect("utf-8 path")
+    }
+}
+
+/// `runm --root <dir>`: each test's containers in their own state root.
+#[derive(Debug)]
+pub struct Runm {
+    pub root: PathBuf,
+}
+
+impl Runm {
+    pub fn new(parent: &TempDir) -> Self {
+        Self {
+            root: parent.join("state"),
+        }
+    }
+
+    fn args<'a>(&'a self, args: &[&'a str]) -> Vec<&'a str> {
+        let mut all = vec!["--root", self.root.to_str().expect("utf-8 path")];
+        all.extend_from_slice(args);
+        all
+    }
+
+    /// Runs to completion (a test failure after `deadline`), stdin empty.
+    pub fn run(&self, args: &[&str], deadline: Duration) -> Output {
+        run_runm_in(&self.args(args), deadline, None)
+    }
+
+    /// Like [`Runm::run`], with `stdin` as the command's standard input.
+    pub fn run_with_stdin(&self, args: &[&str], stdin: &[u8], deadline: Duration) -> Output {
+        run_runm_in(&self.args(args), deadline, Some(stdin))
+    }
+
+    /// A `runm` command to spawn by hand.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(runm_bin());
+        c.args(self.args(args)).stdin(Stdio::null());
+        c
+    }
+
+    /// The container's state JSON (`runm state`), or None if runm says it does not exist.
+    pub fn state(&self, id: &str) -> Option<serde_json::Value> {
+        let out = self.run(&["state", id], Duration::from_secs(30));
+        if !out.status.success() {
+            return None;
+        }
+        Some(serde_json::from_slice(&out.stdout).expect("state is JSON"))
+    }
+
+    /// The container's status, waiting up to `wait` for it to become `want`.
+    pub fn wait_status(&self, id: &str, want: &str, wait: Duration) -> String {
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            let status = self
+                .state(id)
+                .map(|s| s["status"].as_str().unwrap_or("").to_string())
+                .unwrap_or_else(|| "gone".into());
+            if status == want || std::time::Instant::now() >= deadline {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Asserts that no container state is left under the root.
+    pub fn assert_empty(&self) {
+        let left: Vec<_> = std::fs::read_dir(&self.root)
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "state left behind: {left:?}");
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+}
+
+/// A command that leaves processes behind (create, run -d, exec -d): its stdout and
+/// stderr go to files, so waiting for it does not wait for those processes.
+#[derive(Debug)]
+pub struct Detached {
+    pub status: std::process::ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Runm {
+    /// Runs `args` with stdout and stderr in files under `dir` (named `name.out`/`.err`).
+    pub fn run_detached(
+        &self,
+        dir: &TempDir,
+        name: &str,
+        args: &[&str],
+        deadline: Duration,
+    ) -> Detached {
+        let out_path = dir.join(&format!("{name}.out"));
+        let err_path = dir.join(&format!("{name}.err"));
+        let mut child = self
+            .command(args)
+            .stdout(std::fs::File::create(&out_path).expect("create stdout file"))
+            .stderr(std::fs::File::create(&err_path).expect("create stderr file"))
+            .spawn()
+            .expect("spawn runm");
+        let start = std::time::Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().expect("wait for runm") {
+                break s;
+            }
+            if start.elapsed() > deadline {
+                let _ = child.kill();
+                panic!("runm {args:?} did not finish within {deadline:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Detached {
+            status,
+            stdout: std::fs::read_to_string(&out_path).unwrap_or_default(),
+            stderr: std::fs::read_to_string(&err_path).unwrap_or_default(),
+        }
+    }
+}
