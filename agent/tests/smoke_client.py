@@ -117,7 +117,7 @@ def main():
     uds = os.path.join(tempfile.mkdtemp(prefix="runm-smoke-"), "v.sock")
     log = open(os.path.join(a.dir, "console.log"), "wb")
     vm = subprocess.Popen(
-        [a.runm, "boot", "--no-agent", "--kernel-log", "--timeout", "150", "--memory", "256",
+        [a.runm, "boot", "--no-agent", "--timeout", "150", "--memory", "256",
          "--cmdline", "runm.debug", "--initrd", a.initrd, "--disk", a.disk, "--vsock-socket", uds],
         stdout=log, stderr=subprocess.STDOUT)
     try:
