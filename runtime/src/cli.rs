@@ -31,9 +31,6 @@ pub struct GlobalOpts {
     /// Accepted for runc compatibility; cgroups live in the guest.
     #[arg(long = "systemd-cgroup", global = true)]
     pub systemd_cgroup: bool,
-    /// Accepted for runc compatibility (no rootless mode).
-    #[arg(long, global = true, hide = true)]
-    pub rootless: Option<String>,
 }
 
 /// Flags `create` and `run` share.
@@ -287,4 +284,49 @@ pub struct BootArgs {
     /// stop by itself.
     #[arg(long)]
     pub no_agent: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn runc_style_invocations_parse() {
+        for args in [
+            &[
+                "runm",
+                "--root",
+                "/r",
+                "--log",
+                "/l",
+                "--log-format",
+                "json",
+                "create",
+                "--bundle",
+                "/b",
+                "--pid-file",
+                "/p",
+                "c1",
+            ][..],
+            &["runm", "spec", "--rootless"],
+            &["runm", "exec", "-t", "c1", "sh", "-c", "ls -l"],
+            &["runm", "kill", "--all", "c1", "KILL"],
+            &["runm", "--systemd-cgroup", "delete", "-f", "c1"],
+        ] {
+            Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        }
+        let Command::Exec(e) = Cli::try_parse_from(["runm", "exec", "c1", "sh", "-c", "echo -n x"])
+            .unwrap()
+            .command
+        else {
+            panic!("exec");
+        };
+        assert_eq!(e.command, ["sh", "-c", "echo -n x"]);
+    }
 }
