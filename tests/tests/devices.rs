@@ -68,9 +68,6 @@ fn vsock_connect(uds: &Path, port: u32, deadline: Instant) -> UnixStream {
 }
 
 #[test]
-#[ignore = "stalls under the emulated test host: some streams get no echo (the guest never \
-            sends back the 256 KiB the host sent within its credit); passed at 64x1 MiB three \
-            times before, fails now; under investigation. Run with --ignored."]
 fn sixty_four_concurrent_vsock_streams_each_echo_one_mib() {
     const STREAMS: usize = 64;
     const LEN: usize = 1 << 20;
