@@ -5,6 +5,7 @@
 //! would with runc.
 
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -141,16 +142,53 @@ pub fn run_sandbox(root: &Root, id: &str, console_socket: Option<&Path>) -> i32 
     if let Err(e) = crate::signals::forward_to_guest(uds.clone(), key.clone()) {
         log::warn!("cannot forward signals: {e}");
     }
-    let status = wait_exit(&uds, &key, relay);
+    // Whichever ends first: the container's process, or the VM under it.
+    let (tx, rx) = mpsc::channel();
+    let waiter = tx.clone();
+    let (w_uds, w_key) = (uds.clone(), key.clone());
+    std::thread::spawn(move || {
+        let _ = waiter.send(Ended::Process(wait_exit(&w_uds, &w_key, relay)));
+    });
+    std::thread::spawn(move || {
+        let _ = tx.send(Ended::Vm(sandbox.wait()));
+    });
+    match rx.recv() {
+        Ok(Ended::Process(status)) => {
+            record(root, id, status);
+            let t = std::time::Instant::now();
+            let asked = AgentClient::connect(&uds, runm_protocol::AGENT_PORT, CALL_TIMEOUT)
+                .and_then(|mut a| a.shutdown(SHUTDOWN_GRACE));
+            // Exiting takes the VM down anyway; the guest gets a moment to do it itself.
+            if asked.is_err() || !matches!(rx.recv_timeout(SHUTDOWN_GRACE), Ok(Ended::Vm(_))) {
+                log::warn!("the guest did not power off; it ends with its host process");
+            }
+            phase("vm_shutdown", t);
+            status
+        }
+        Ok(Ended::Vm(reason)) => {
+            log::error!("the microVM stopped ({reason:?}) before the container's process ended");
+            // The waiter's connection closed with the VM: it reports a kill.
+            let status = match rx.recv_timeout(OUTPUT_GRACE + CALL_TIMEOUT) {
+                Ok(Ended::Process(status)) => status,
+                _ => 128 + 9,
+            };
+            record(root, id, status);
+            status
+        }
+        Err(_) => 255,
+    }
+}
+
+/// How a container's run ended.
+enum Ended {
+    Process(i32),
+    Vm(vmm::ExitReason),
+}
+
+fn record(root: &Root, id: &str, status: i32) {
     if let Err(e) = record_exit(root, id, status) {
         log::error!("cannot record the container's exit: {e}");
     }
-    let t = std::time::Instant::now();
-    if let Err(e) = sandbox.stop(SHUTDOWN_GRACE) {
-        log::warn!("stopping the VM: {e}");
-    }
-    phase("vm_shutdown", t);
-    status
 }
 
 fn record_exit(root: &Root, id: &str, status: i32) -> anyhow::Result<()> {

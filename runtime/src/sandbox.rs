@@ -62,6 +62,11 @@ impl Sandbox {
         &self.info
     }
 
+    /// Waits for the VM to stop, however long that takes.
+    pub fn wait(mut self) -> ExitReason {
+        self.vm.wait(None).unwrap_or(ExitReason::Killed)
+    }
+
     /// Asks the agent to power the guest off and waits up to `grace` for it; kills the
     /// VM if the agent cannot be asked or the guest does not stop in time.
     pub fn stop(mut self, grace: Duration) -> Result<ExitReason, SandboxError> {
