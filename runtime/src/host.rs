@@ -202,6 +202,18 @@ fn record_exit(root: &Root, id: &str, status: i32) -> anyhow::Result<()> {
 
 type Started = (Sandbox, Relay, Option<RawGuard>);
 
+/// The guest console's last lines, for an error message (the state directory, and the
+/// log with it, is removed when create fails).
+fn console_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    if lines.is_empty() {
+        return " (the guest console said nothing)".into();
+    }
+    let tail = lines[lines.len().saturating_sub(8)..].join(" | ");
+    format!(" (guest console: {tail})")
+}
+
 fn start_container(
     root: &Root,
     id: &str,
@@ -240,12 +252,8 @@ fn start_container(
         }),
     };
     let t = std::time::Instant::now();
-    let sandbox = Sandbox::start(vm, config.boot_timeout()).with_context(|| {
-        format!(
-            "the microVM did not boot (console log: {})",
-            console_log.display()
-        )
-    })?;
+    let sandbox = Sandbox::start(vm, config.boot_timeout())
+        .with_context(|| format!("the microVM did not boot{}", console_tail(&console_log)))?;
     phase("boot_to_agent", t);
     let t = std::time::Instant::now();
     let result = create_in_guest(root, id, &bundle, console_socket);
