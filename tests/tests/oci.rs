@@ -81,7 +81,7 @@ fn create_start_state_kill_delete_walk_the_oci_states() {
     let _vm = vm_lock();
     let tmp = TempDir::new("oci-lifecycle");
     let runm = Runm::new(&tmp);
-    let b = TestBundle::busybox(
+    let mut b = TestBundle::busybox(
         &tmp,
         "b",
         &[
@@ -90,6 +90,22 @@ fn create_start_state_kill_delete_walk_the_oci_states() {
             "trap 'exit 7' TERM; echo started; while true; do sleep 1; done",
         ],
     );
+    // Host-side hooks, each saving the state it got on stdin.
+    let hook = |name: &str| {
+        let path = tmp.join(&format!("hook-{name}.json"));
+        serde_json::json!({"path": "/bin/sh", "args": ["sh", "-c", format!("cat > {}", path.display())]})
+    };
+    let hooks = serde_json::json!({
+        "createRuntime": [hook("createRuntime")],
+        "poststart": [hook("poststart")],
+        "poststop": [hook("poststop")],
+    });
+    b.edit(|c| c["hooks"] = hooks);
+    let hook_state = |name: &str| -> serde_json::Value {
+        let text = std::fs::read_to_string(tmp.join(&format!("hook-{name}.json")))
+            .unwrap_or_else(|e| panic!("the {name} hook did not run: {e}"));
+        serde_json::from_str(&text).unwrap()
+    };
     let id = "c-life";
     let pid_file = tmp.join("pid");
     let pid_file_s = pid_file.to_str().unwrap();
@@ -103,6 +119,7 @@ fn create_start_state_kill_delete_walk_the_oci_states() {
     let state = runm.state(id).expect("state after create");
     assert_eq!(state["status"], "created", "{state}");
     assert_eq!(state["id"], id);
+    assert_eq!(hook_state("createRuntime")["id"], id);
     let pid: i64 = std::fs::read_to_string(&pid_file).unwrap().parse().unwrap();
     assert_eq!(state["pid"], pid, "{state}");
     assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
@@ -118,6 +135,7 @@ fn create_start_state_kill_delete_walk_the_oci_states() {
     let out = runm.run(&["start", id], T);
     assert!(out.status.success(), "start: {}", describe(&out));
     assert_eq!(runm.state(id).unwrap()["status"], "running");
+    assert_eq!(hook_state("poststart")["status"], "running");
     let again = runm.run(&["start", id], T);
     assert!(
         stderr(&again).contains("already running"),
@@ -152,6 +170,21 @@ fn create_start_state_kill_delete_walk_the_oci_states() {
     let pids: Vec<i64> = serde_json::from_slice(&out.stdout).unwrap_or_default();
     assert!(!pids.is_empty(), "{}", describe(&out));
 
+    let out = runm.run(&["events", "--stats", id], T);
+    let event: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(event["type"], "stats", "{}", describe(&out));
+    assert!(
+        event["data"]["pids"]["current"].as_u64().unwrap_or(0) >= 1,
+        "{event}"
+    );
+    assert!(
+        event["data"]["memory"]["usage"]["usage"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0,
+        "{event}"
+    );
+
     let out = runm.run(&["pause", id], T);
     assert!(out.status.success(), "pause: {}", describe(&out));
     assert_eq!(runm.state(id).unwrap()["status"], "paused");
@@ -174,6 +207,7 @@ fn create_start_state_kill_delete_walk_the_oci_states() {
     let out = runm.run(&["delete", id], T);
     assert!(out.status.success(), "delete: {}", describe(&out));
     assert!(runm.state(id).is_none());
+    assert_eq!(hook_state("poststop")["status"], "stopped");
     let container_out = std::fs::read_to_string(tmp.join("create.out")).unwrap();
     assert!(container_out.contains("started"), "{container_out}");
     runm.assert_empty();
@@ -390,6 +424,12 @@ fn bad_input_is_named_and_leaves_nothing_behind() {
     let _vm = vm_lock();
     let tmp = TempDir::new("oci-bad");
     let runm = Runm::new(&tmp);
+    let out = runm.run(&["features"], T);
+    let features: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(features["linux"]["seccomp"]["enabled"], true, "{features}");
+    let out = runm.run(&["spec", "--rootless"], T);
+    assert!(stderr(&out).contains("rootless"), "{}", describe(&out));
+
     let missing = runm.run(&["create", "--bundle", "/nonexistent-bundle", "x"], T);
     assert!(
         stderr(&missing).contains("/nonexistent-bundle"),
