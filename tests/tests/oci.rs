@@ -456,6 +456,18 @@ fn bad_input_is_named_and_leaves_nothing_behind() {
         );
     }
 
+    // The guest's refusal comes back as a clear message, and nothing is left.
+    let b = TestBundle::busybox(&tmp, "b3", &["/bin/nonexistent"]);
+    let out = runm.run(&["run", "--bundle", b.path(), "z"], T);
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("/bin/nonexistent"),
+        "{}",
+        describe(&out)
+    );
+    runm.assert_empty();
+    assert_no_runm_left();
+
     // A VM that cannot boot: its kernel is garbage.
     let b = TestBundle::busybox(&tmp, "b2", &["true"]);
     let kernel = tmp.join("garbage-vmlinux");
