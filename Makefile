@@ -78,7 +78,7 @@ unit-test:
 # cannot boot Linux (tests/testhost/run decides, and says which).
 integration-test: all test-guest
 	CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER=$(TESTHOST) \
-	  $(CARGO) test --release -p runm-tests
+	  $(CARGO) test --release --no-fail-fast -p runm-tests
 
 test: deps lint unit-test integration-test
 

@@ -25,7 +25,7 @@ fn the_agent_answers_a_ping_over_vsock() {
     let expected = format!(
         "agent ready: runm-agent {} (protocol {}, kernel 6.12.",
         env!("CARGO_PKG_VERSION"),
-        1
+        runm_protocol::PROTOCOL_VERSION
     );
     assert!(line.starts_with(&expected), "{line}");
     assert_no_runm_left();
