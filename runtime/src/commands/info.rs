@@ -156,7 +156,9 @@ pub fn spec(args: &SpecArgs) -> anyhow::Result<i32> {
         bail!("File {} exists. Remove it first", path.display());
     }
     let mut spec = serde_json::to_value(oci_spec::runtime::Spec::default())?;
-    spec["ociVersion"] = crate::spec::OCI_VERSION.into();
+    // The version every runtime in use accepts (crun 1.8 refuses newer ones), so that
+    // one bundle can be run by runm and its peers alike.
+    spec["ociVersion"] = "1.0.2".into();
     std::fs::write(&path, serde_json::to_string_pretty(&spec)? + "\n")
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(0)
