@@ -55,7 +55,7 @@ impl Bundle {
             path: path.clone(),
             source,
         })?;
-        let spec = parse(&path, &text)?;
+        let spec: Spec = parse_json(&path, &text)?;
         let bundle = Self { dir, spec };
         bundle.check(&path)?;
         Ok(bundle)
@@ -177,11 +177,6 @@ impl Bundle {
         }
         Ok((vcpus, mem))
     }
-}
-
-/// Parses a config, naming the field that is wrong.
-pub fn parse(path: &Path, text: &[u8]) -> Result<Spec, SpecError> {
-    parse_json(path, text)
 }
 
 /// Parses any OCI JSON document (`config.json`, `process.json`), naming the bad field.

@@ -107,29 +107,47 @@ fn spawn_and_wait(
     drop(locked);
     let mut cmd = self_command(global)?;
     cmd.arg("sandbox").arg(&args.id);
-    if let Some(cs) = &args.console_socket {
+    spawn_host(
+        cmd,
+        args.console_socket.as_deref(),
+        &ready,
+        config.boot_timeout() + CREATE_SLACK,
+        args.pid_file.as_deref(),
+    )
+}
+
+/// Spawns a host process (`cmd`, with this process's stdio), waits for its report and
+/// writes its pid to `pid_file`; on any failure the child is killed and reaped.
+pub fn spawn_host(
+    mut cmd: Command,
+    console_socket: Option<&Path>,
+    ready: &ReadyListener,
+    timeout: Duration,
+    pid_file: Option<&Path>,
+) -> anyhow::Result<Child> {
+    if let Some(cs) = console_socket {
         cmd.arg("--console-socket").arg(cs);
     }
-    // Its own process group: a terminal's ^C goes to the foreground `run`, which
-    // forwards it once, rather than to both.
+    // Its own process group: a terminal's ^C goes to the foreground `run` or `exec`,
+    // which forwards it once, rather than to both.
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     let mut child = cmd
         .stdin(Stdio::inherit())
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit())
         .spawn()
-        .context("cannot start the container's host process")?;
-    if let Err(msg) = ready.wait(&mut child, config.boot_timeout() + CREATE_SLACK) {
+        .context("cannot start a runm host process")?;
+    let reported = ready
+        .wait(&mut child, timeout)
+        .map_err(anyhow::Error::msg)
+        .and_then(|()| match pid_file {
+            Some(path) => write_pid_file(path, child.id()),
+            None => Ok(()),
+        });
+    if let Err(e) = reported {
         let _ = child.kill();
         let _ = child.wait();
-        bail!("{msg}");
-    }
-    if let Some(path) = &args.pid_file {
-        if let Err(e) = write_pid_file(path, child.id()) {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(e);
-        }
+        return Err(e);
     }
     Ok(child)
 }

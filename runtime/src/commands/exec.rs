@@ -3,7 +3,6 @@
 //! (`runm exec-host`) does that, and its pid goes to `--pid-file`.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -157,26 +156,15 @@ fn spawn_detached(
     let ready = ReadyListener::bind(&dir.join(format!("exec-{exec_id}.sock")))?;
     let mut cmd = super::create::self_command(global)?;
     cmd.args(["exec-host", &args.id, exec_id]);
-    if let Some(cs) = &args.console_socket {
-        cmd.arg("--console-socket").arg(cs);
-    }
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    let mut child = cmd
-        .stdin(Stdio::inherit())
-        .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("cannot start the exec host process")?;
-    let result = ready.wait(&mut child, READY_TIMEOUT);
+    let spawned = super::create::spawn_host(
+        cmd,
+        args.console_socket.as_deref(),
+        &ready,
+        READY_TIMEOUT,
+        args.pid_file.as_deref(),
+    );
     let _ = std::fs::remove_file(&spec_path);
-    if let Err(msg) = result {
-        let _ = child.kill();
-        let _ = child.wait();
-        bail!("{msg}");
-    }
-    if let Some(path) = &args.pid_file {
-        super::create::write_pid_file(path, child.id())?;
-    }
+    spawned?;
     Ok(0)
 }
 
