@@ -274,6 +274,10 @@ pub struct BootArgs {
     /// `PATH,ro` attaches it read-only.
     #[arg(long = "disk", value_name = "PATH[,ro]")]
     pub disks: Vec<String>,
+    /// Attach a virtio-fs device with mount tag TAG, served by the vhost-user backend
+    /// (virtiofsd) already listening at SOCKET.
+    #[arg(long = "fs", value_name = "TAG=SOCKET")]
+    pub fs: Vec<String>,
     /// The VM's hybrid vsock Unix socket (default: a private temporary directory).
     #[arg(long, value_name = "PATH")]
     pub vsock_socket: Option<PathBuf>,

@@ -250,6 +250,7 @@ fn start_container(
             guest_cid: GUEST_CID,
             uds_path: vsock_path(&dir),
         }),
+        fs: Vec::new(),
     };
     let t = std::time::Instant::now();
     let sandbox = Sandbox::start(vm, config.boot_timeout())

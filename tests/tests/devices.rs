@@ -1,9 +1,9 @@
 //! virtio devices in a real guest: the agent over vsock, many concurrent vsock streams,
-//! block devices (read-write and read-only), and SMP.
+//! block devices (read-write and read-only), virtio-fs through virtiofsd, and SMP.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -235,5 +235,96 @@ fn a_missing_disk_image_is_named_and_nothing_is_left() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/nonexistent/disk.img"), "{}", describe(&out));
     assert!(!uds.exists(), "a vsock socket was left behind");
+    assert_no_runm_left();
+}
+
+/// virtiofsd: `$RUNM_VIRTIOFSD`, else `~/.cargo/bin/virtiofsd`, else the first on PATH.
+fn virtiofsd_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("RUNM_VIRTIOFSD") {
+        return path.into();
+    }
+    let cargo_bin = std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo/bin/virtiofsd"));
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("virtiofsd"))
+            .find(|p| p.is_file())
+    });
+    cargo_bin.filter(|p| p.is_file()).or(on_path).expect(
+        "virtiofsd not found: set RUNM_VIRTIOFSD, or `cargo install --locked virtiofsd@1.14.0`",
+    )
+}
+
+/// A child process killed and reaped when the test ends, however it ends.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn virtio_fs_shares_a_host_directory_both_ways() {
+    const TAG: &str = "hostshare";
+    require_kvm();
+    let _vm = vm_lock();
+    let dir = TempDir::new("virtiofs");
+    let shared = dir.join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    let greeting = format!("hello from the host {}", std::process::id());
+    std::fs::write(shared.join("from-host"), format!("{greeting}\n")).unwrap();
+    let sock = dir.join("virtiofsd.sock");
+    let log = std::fs::File::create(dir.join("virtiofsd.log")).unwrap();
+    let virtiofsd = Reaped(
+        Command::new(virtiofsd_bin())
+            .arg("--shared-dir")
+            .arg(&shared)
+            .arg("--socket-path")
+            .arg(&sock)
+            .args(["--sandbox", "none", "--cache", "auto"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn virtiofsd"),
+    );
+
+    // runm waits a short while for the socket; virtiofsd creates it at once.
+    let out = run_runm(
+        &[
+            "boot",
+            "--no-agent",
+            "--initrd",
+            test_initramfs().to_str().unwrap(),
+            "--fs",
+            &format!("{TAG}={}", sock.display()),
+            "--cmdline",
+            &format!("runm.test=fs:{TAG}"),
+        ],
+        DEADLINE,
+    );
+    drop(virtiofsd);
+    let virtiofsd_log = std::fs::read_to_string(dir.join("virtiofsd.log")).unwrap_or_default();
+    let context = format!("{}\n--- virtiofsd ---\n{virtiofsd_log}", describe(&out));
+    assert!(out.status.success(), "{context}");
+    let results = guest_results(&out);
+    for want in [
+        format!("mounted {TAG}"),
+        format!("from-host {greeting}"),
+        "created 100 files and removed them".to_string(),
+        format!("unmounted {TAG}"),
+    ] {
+        assert!(
+            results.contains(&want),
+            "{want:?} in {results:?}\n{context}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(shared.join("from-guest")).unwrap_or_default(),
+        format!("written by the guest through {TAG}\n"),
+        "{context}"
+    );
+    assert!(!shared.join("many").exists(), "{context}");
     assert_no_runm_left();
 }

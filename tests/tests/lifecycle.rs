@@ -28,6 +28,7 @@ fn config(cmdline: &str, disks: Vec<BlockConfig>) -> VmConfig {
         serial_out: Box::new(std::io::sink()),
         disks,
         vsock: None,
+        fs: Vec::new(),
     }
 }
 

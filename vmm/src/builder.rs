@@ -18,13 +18,14 @@ use crate::devices::legacy::i8042::{I8042_BASE, I8042_LEN};
 use crate::devices::legacy::serial::{COM1_BASE, COM1_IRQ, COM1_LEN};
 use crate::devices::legacy::{EventFdTrigger, Serial, I8042};
 use crate::devices::virtio::block::{Block, BlockError};
+use crate::devices::virtio::fs::{Fs, FsError};
 use crate::devices::virtio::mmio::{MmioError, MmioTransport, MMIO_LEN, NOTIFY_OFFSET};
 use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::devices::{Bus, BusError};
 use crate::event_loop::{DeviceThread, EventLoopError, Subscriber};
 use crate::microvm::{Microvm, ResetTrigger, VmEvent};
-use crate::vstate::memory::{create_guest_memory, MemoryError};
+use crate::vstate::memory::{create_guest_memory, Backing, MemoryError};
 use crate::vstate::vcpu::{install_kick_handler, IoBuses, Vcpu, VcpuError};
 use crate::vstate::vm::{Vm, VmError};
 
@@ -62,6 +63,8 @@ pub enum StartMicrovmError {
     Block(#[from] BlockError),
     #[error(transparent)]
     Vsock(#[from] VsockError),
+    #[error(transparent)]
+    Fs(#[from] FsError),
     #[error("cannot start vCPU thread {id}: {source}")]
     SpawnVcpu { id: u8, source: std::io::Error },
 }
@@ -70,7 +73,13 @@ pub enum StartMicrovmError {
 pub fn start_microvm(config: VmConfig) -> Result<Microvm, StartMicrovmError> {
     config.validate()?;
     let vm = Vm::new()?;
-    let mem = create_guest_memory(config.mem_bytes())?;
+    // vhost-user backends map guest RAM themselves: it must be a shareable file.
+    let backing = if config.fs.is_empty() {
+        Backing::Anonymous
+    } else {
+        Backing::SharedMemfd
+    };
+    let mem = create_guest_memory(config.mem_bytes(), backing)?;
     vm.register_memory(&mem)?;
 
     let (events_tx, events) = channel();
@@ -96,6 +105,16 @@ pub fn start_microvm(config: VmConfig) -> Result<Microvm, StartMicrovmError> {
             &mut buses.mmio,
             &mut virtio,
             Arc::new(Mutex::new(vsock)),
+        )?;
+    }
+    for fs in config.fs {
+        let fs = Fs::new(fs)?;
+        attach_virtio_device(
+            &vm,
+            &mem,
+            &mut buses.mmio,
+            &mut virtio,
+            Arc::new(Mutex::new(fs)),
         )?;
     }
     let cmdline = format!("{}{}", config.cmdline, virtio.cmdline);

@@ -3,6 +3,7 @@
 use std::io::Write;
 
 use crate::devices::virtio::block::BlockConfig;
+use crate::devices::virtio::fs::{FsConfig, TAG_LEN};
 use crate::devices::virtio::vsock::VsockConfig;
 use std::path::{Path, PathBuf};
 
@@ -38,6 +39,23 @@ pub enum ConfigError {
     },
     #[error("kernel command line contains a NUL byte")]
     CmdlineNul,
+    #[error("fs[{index}].tag {tag:?} {why}")]
+    FsTag {
+        index: usize,
+        tag: String,
+        why: FsTagProblem,
+    },
+}
+
+/// What is wrong with a virtio-fs tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FsTagProblem {
+    #[error("is empty")]
+    Empty,
+    #[error("is longer than {TAG_LEN} bytes")]
+    TooLong,
+    #[error("is used by another virtio-fs device")]
+    Duplicate,
 }
 
 /// Everything needed to boot one microVM.
@@ -56,6 +74,10 @@ pub struct VmConfig {
     pub disks: Vec<BlockConfig>,
     /// A virtio-vsock device whose host side is a Unix socket (hybrid vsock).
     pub vsock: Option<VsockConfig>,
+    /// virtio-fs devices, each served by a vhost-user backend (virtiofsd) that must be
+    /// listening on its socket when the VM starts. With any of them, guest RAM is a
+    /// shared memfd.
+    pub fs: Vec<FsConfig>,
 }
 
 impl std::fmt::Debug for VmConfig {
@@ -68,6 +90,7 @@ impl std::fmt::Debug for VmConfig {
             .field("mem_mib", &self.mem_mib)
             .field("disks", &self.disks)
             .field("vsock", &self.vsock)
+            .field("fs", &self.fs)
             .finish_non_exhaustive()
     }
 }
@@ -94,6 +117,29 @@ impl VmConfig {
                 path: initrd.clone(),
                 source,
             })?;
+        }
+        self.validate_fs_tags()
+    }
+
+    /// Tags are what the guest mounts by: 1 to 36 bytes, one device each.
+    fn validate_fs_tags(&self) -> Result<(), ConfigError> {
+        for (index, fs) in self.fs.iter().enumerate() {
+            let why = if fs.tag.is_empty() {
+                Some(FsTagProblem::Empty)
+            } else if fs.tag.len() > TAG_LEN {
+                Some(FsTagProblem::TooLong)
+            } else if self.fs[..index].iter().any(|other| other.tag == fs.tag) {
+                Some(FsTagProblem::Duplicate)
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return Err(ConfigError::FsTag {
+                    index,
+                    tag: fs.tag.clone(),
+                    why,
+                });
+            }
         }
         Ok(())
     }
@@ -129,7 +175,68 @@ mod tests {
             serial_out: Box::new(std::io::sink()),
             disks: Vec::new(),
             vsock: None,
+            fs: Vec::new(),
         }
+    }
+
+    fn fs(tag: &str) -> FsConfig {
+        FsConfig {
+            tag: tag.into(),
+            socket: "/run/virtiofsd.sock".into(),
+        }
+    }
+
+    #[test]
+    fn fs_tags_are_checked_naming_the_device() {
+        let mut c = config(Path::new("/proc/self/exe"));
+        c.fs = vec![fs("a"), fs(&"x".repeat(TAG_LEN)), fs("b")];
+        c.validate().unwrap();
+
+        let cases = [
+            (
+                vec![fs("a"), fs("")],
+                1,
+                FsTagProblem::Empty,
+                "fs[1].tag \"\" is empty",
+            ),
+            (
+                vec![fs(&"y".repeat(TAG_LEN + 1))],
+                0,
+                FsTagProblem::TooLong,
+                "is longer than 36 bytes",
+            ),
+            (
+                vec![fs("a"), fs("b"), fs("a")],
+                2,
+                FsTagProblem::Duplicate,
+                "fs[2].tag \"a\" is used by another virtio-fs device",
+            ),
+        ];
+        for (devices, at, problem, text) in cases {
+            c.fs = devices;
+            let err = c.validate().unwrap_err();
+            assert!(
+                matches!(&err, ConfigError::FsTag { index, why, .. } if *index == at && *why == problem),
+                "{err}"
+            );
+            assert!(err.to_string().contains(text), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_multibyte_tag_is_measured_in_bytes() {
+        let mut c = config(Path::new("/proc/self/exe"));
+        // 18 two-byte characters fill the 36 bytes; one more does not fit.
+        c.fs = vec![fs(&"é".repeat(18))];
+        c.validate().unwrap();
+        c.fs = vec![fs(&"é".repeat(19))];
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::FsTag {
+                why: FsTagProblem::TooLong,
+                ..
+            })
+        ));
     }
 
     #[test]

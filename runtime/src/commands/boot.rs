@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use vmm::devices::virtio::block::BlockConfig;
+use vmm::devices::virtio::fs::FsConfig;
 use vmm::devices::virtio::vsock::VsockConfig;
 use vmm::{ExitReason, VmConfig};
 
@@ -24,6 +25,11 @@ pub fn run(args: BootArgs) -> anyhow::Result<i32> {
         .disks
         .iter()
         .map(|d| parse_disk(d))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let fs = args
+        .fs
+        .iter()
+        .map(|f| parse_fs(f))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mut cmdline = vmm::config::DEFAULT_CMDLINE.to_string();
     if !args.kernel_log {
@@ -55,6 +61,7 @@ pub fn run(args: BootArgs) -> anyhow::Result<i32> {
             guest_cid: args.cid,
             uds_path: uds_path.clone(),
         }),
+        fs,
     };
     log::debug!("booting {config:?}");
     let timeout = Duration::from_secs(args.timeout);
@@ -93,6 +100,20 @@ fn parse_disk(spec: &str) -> anyhow::Result<BlockConfig> {
     })
 }
 
+/// `TAG=SOCKET` (the tag is checked with the rest of the VM's configuration).
+fn parse_fs(spec: &str) -> anyhow::Result<FsConfig> {
+    let Some((tag, socket)) = spec.split_once('=') else {
+        bail!("--fs {spec}: expected TAG=SOCKET");
+    };
+    if socket.is_empty() {
+        bail!("--fs {spec}: empty socket path");
+    }
+    Ok(FsConfig {
+        tag: tag.to_string(),
+        socket: PathBuf::from(socket),
+    })
+}
+
 /// A private directory for the VM's sockets, removed when the command ends.
 struct ScratchDir {
     path: PathBuf,
@@ -127,5 +148,21 @@ mod tests {
         let e = parse_disk("/a.img,rw").unwrap_err().to_string();
         assert!(e.contains("unknown option \"rw\""), "{e}");
         assert!(parse_disk(",ro").is_err());
+    }
+
+    #[test]
+    fn fs_specs() {
+        let f = parse_fs("shared=/run/v.sock").unwrap();
+        assert_eq!(
+            (f.tag.as_str(), f.socket),
+            ("shared", PathBuf::from("/run/v.sock"))
+        );
+        let f = parse_fs("a=/b=c").unwrap();
+        assert_eq!((f.tag.as_str(), f.socket), ("a", PathBuf::from("/b=c")));
+        assert!(parse_fs("shared")
+            .unwrap_err()
+            .to_string()
+            .contains("TAG=SOCKET"));
+        assert!(parse_fs("shared=").is_err());
     }
 }

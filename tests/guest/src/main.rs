@@ -7,6 +7,8 @@
 //! - `disk:<token>`: writes `<token>` at the start of /dev/vda and reads it back, then
 //!   tries to write /dev/vdb (attached read-only) and reports the error.
 //! - `cpus`: reports the number of online CPUs.
+//! - `fs:<tag>`: mounts the virtio-fs `<tag>` on /mnt, reports /mnt/from-host, writes
+//!   /mnt/from-guest, creates and removes 100 files, and unmounts.
 
 use std::fs::OpenOptions;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -37,6 +39,7 @@ fn main() {
         ("echo", n) => echo(n.parse().unwrap_or(1)),
         ("disk", token) => disk(token),
         ("cpus", _) => cpus(),
+        ("fs", tag) => fs(tag),
         _ => Err(format!("unknown scenario {scenario:?}")),
     };
     if let Err(e) = outcome {
@@ -137,5 +140,48 @@ fn cpus() -> Result<(), String> {
         .map_err(|e| format!("read cpu/online: {e}"))?;
     let n = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!("result: cpus online {} ({n})", online.trim());
+    Ok(())
+}
+
+fn fs(tag: &str) -> Result<(), String> {
+    use nix::mount::{mount, umount, MsFlags};
+    std::fs::create_dir_all("/mnt").map_err(|e| format!("mkdir /mnt: {e}"))?;
+    mount(
+        Some(tag),
+        "/mnt",
+        Some("virtiofs"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|e| format!("mount -t virtiofs {tag} /mnt: {e}"))?;
+    println!("result: mounted {tag}");
+    let from_host = std::fs::read_to_string("/mnt/from-host")
+        .map_err(|e| format!("read /mnt/from-host: {e}"))?;
+    println!("result: from-host {}", from_host.trim());
+    std::fs::write(
+        "/mnt/from-guest",
+        format!("written by the guest through {tag}\n"),
+    )
+    .map_err(|e| format!("write /mnt/from-guest: {e}"))?;
+
+    let many = std::path::Path::new("/mnt/many");
+    std::fs::create_dir(many).map_err(|e| format!("mkdir /mnt/many: {e}"))?;
+    for i in 0..100 {
+        std::fs::write(many.join(format!("file-{i}")), i.to_string())
+            .map_err(|e| format!("create file-{i}: {e}"))?;
+    }
+    let listed = std::fs::read_dir(many)
+        .map_err(|e| format!("list /mnt/many: {e}"))?
+        .count();
+    for i in 0..100 {
+        std::fs::remove_file(many.join(format!("file-{i}")))
+            .map_err(|e| format!("remove file-{i}: {e}"))?;
+    }
+    std::fs::remove_dir(many).map_err(|e| format!("rmdir /mnt/many: {e}"))?;
+    println!("result: created {listed} files and removed them");
+
+    nix::unistd::sync();
+    umount("/mnt").map_err(|e| format!("umount /mnt: {e}"))?;
+    println!("result: unmounted {tag}");
     Ok(())
 }

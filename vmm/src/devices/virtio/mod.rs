@@ -7,6 +7,7 @@
 //! (through its own activation eventfd), as Firecracker's devices do.
 
 pub mod block;
+pub mod fs;
 pub mod interrupt;
 pub mod mmio;
 #[cfg(test)]
