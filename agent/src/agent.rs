@@ -10,7 +10,7 @@ use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::mount::{umount2, MntFlags};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use runm_protocol::{AgentInfo, ProcessKey, Request, Response, Rootfs, StreamKind};
@@ -91,7 +91,12 @@ impl Agent {
             })),
             Request::Shutdown => Ok(Response::Ok),
             Request::AttachStream { .. } => Err("attach_stream is handled by the server".into()),
-            Request::CreateContainer { id, spec, rootfs } => self.create(&id, spec, &rootfs),
+            Request::CreateContainer {
+                id,
+                spec,
+                rootfs,
+                shared_fs,
+            } => self.create(&id, spec, &rootfs, shared_fs.as_deref()),
             Request::StartContainer { id } => self.start(&id),
             Request::Exec { process, spec } => self.exec(&process, &spec),
             Request::Wait { process } => self.proc(&process).map(|p| Response::Exited {
@@ -145,14 +150,17 @@ impl Agent {
         }
     }
 
-    fn create(&self, id: &str, mut config: serde_json::Value, rootfs: &Rootfs) -> Result<Response> {
+    fn create(
+        &self,
+        id: &str,
+        mut config: serde_json::Value,
+        rootfs: &Rootfs,
+        shared_fs: Option<&str>,
+    ) -> Result<Response> {
         spec::validate_id("container", id).map_err(|e| e.to_string())?;
-        let Rootfs::Block {
-            device,
-            fstype,
-            readonly,
-        } = rootfs;
-        spec::validate_rootfs(device, fstype).map_err(|e| e.to_string())?;
+        if let Some(tag) = shared_fs {
+            crate::rootfs::mount_shared(tag).map_err(|e| e.to_string())?;
+        }
         let terminal = spec::rewrite_config(&mut config, id).map_err(|e| e.to_string())?;
         {
             let mut containers = self.containers();
@@ -163,9 +171,7 @@ impl Agent {
         }
         let bundle = Path::new(BUNDLES_DIR).join(id);
         let key = ProcessKey::init(id);
-        match self.create_in(
-            id, &bundle, config, device, fstype, *readonly, terminal, &key,
-        ) {
+        match self.create_in(id, &bundle, config, rootfs, terminal, &key) {
             Ok(pid) => {
                 let entry = ContainerEntry {
                     bundle,
@@ -185,32 +191,19 @@ impl Agent {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn create_in(
         &self,
         id: &str,
         bundle: &Path,
         config: serde_json::Value,
-        device: &str,
-        fstype: &str,
-        readonly: bool,
+        rootfs: &Rootfs,
         terminal: bool,
         key: &ProcessKey,
     ) -> Result<i32> {
-        let rootfs = bundle.join("rootfs");
-        std::fs::create_dir_all(&rootfs)
-            .map_err(|e| format!("cannot create {}: {e}", rootfs.display()))?;
-        let mut flags = MsFlags::empty();
-        if readonly {
-            flags |= MsFlags::MS_RDONLY;
-        }
-        mount(Some(device), &rootfs, Some(fstype), flags, None::<&str>).map_err(|e| {
-            format!(
-                "cannot mount {device} ({fstype}) at {}: {}",
-                rootfs.display(),
-                e.desc()
-            )
-        })?;
+        let target = bundle.join("rootfs");
+        std::fs::create_dir_all(&target)
+            .map_err(|e| format!("cannot create {}: {e}", target.display()))?;
+        crate::rootfs::mount_rootfs(rootfs, &target).map_err(|e| e.to_string())?;
         let config_path = bundle.join("config.json");
         let json = serde_json::to_vec_pretty(&config).map_err(|e| format!("config.json: {e}"))?;
         std::fs::write(&config_path, json)

@@ -9,5 +9,6 @@ pub mod init;
 pub mod process;
 pub mod reaper;
 pub mod relay;
+pub mod rootfs;
 pub mod spec;
 pub mod streams;

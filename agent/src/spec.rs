@@ -51,15 +51,18 @@ pub fn validate_id(what: &'static str, id: &str) -> Result<(), SpecError> {
     Ok(())
 }
 
-/// Checks that `device` is a virtio-blk disk, `/dev/vd[a-z]+`, and that `fstype` is a
-/// plain filesystem name.
-pub fn validate_rootfs(device: &str, fstype: &str) -> Result<(), SpecError> {
+/// Checks that `device` is a virtio-blk disk, `/dev/vd[a-z]+`, and that `fstype`, if
+/// given, is a plain filesystem name.
+pub fn validate_rootfs(device: &str, fstype: Option<&str>) -> Result<(), SpecError> {
     let ok = device
         .strip_prefix("/dev/vd")
         .is_some_and(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase()));
     if !ok {
         return Err(SpecError::Device(device.to_string()));
     }
+    let Some(fstype) = fstype else {
+        return Ok(());
+    };
     let ok = !fstype.is_empty()
         && fstype.len() <= 32
         && fstype.bytes().all(|b| b.is_ascii_alphanumeric());
@@ -161,8 +164,8 @@ mod tests {
 
     #[test]
     fn only_virtio_disks_are_mounted() {
-        assert_eq!(validate_rootfs("/dev/vda", "ext4"), Ok(()));
-        assert_eq!(validate_rootfs("/dev/vdab", "xfs"), Ok(()));
+        assert_eq!(validate_rootfs("/dev/vda", Some("ext4")), Ok(()));
+        assert_eq!(validate_rootfs("/dev/vdab", Some("xfs")), Ok(()));
         for dev in [
             "/dev/vd",
             "/dev/sda",
@@ -171,10 +174,10 @@ mod tests {
             "vda",
             "/dev/vdA",
         ] {
-            assert!(validate_rootfs(dev, "ext4").is_err(), "{dev}");
+            assert!(validate_rootfs(dev, Some("ext4")).is_err(), "{dev}");
         }
         for fs in ["", "ext4,ro", "../x", "ext 4"] {
-            assert!(validate_rootfs("/dev/vda", fs).is_err(), "{fs}");
+            assert!(validate_rootfs("/dev/vda", Some(fs)).is_err(), "{fs}");
         }
     }
 

@@ -15,6 +15,8 @@ pub use messages::{
 };
 
 /// Bumped on every incompatible change to the messages.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 /// The vsock port the agent listens on.
 pub const AGENT_PORT: u32 = 1024;
+/// Where the agent mounts the sandbox's shared file system (virtio-fs).
+pub const SHARED_DIR: &str = "/run/runm/shared";

@@ -38,6 +38,10 @@ pub enum Request {
         /// The OCI runtime config as the guest must apply it (host-only parts removed).
         spec: serde_json::Value,
         rootfs: Rootfs,
+        /// The virtio-fs tag of the sandbox's shared directory, when it has one: the
+        /// agent mounts it at [`crate::SHARED_DIR`] before it creates the container,
+        /// whose shared rootfs and bind-mount sources lie there.
+        shared_fs: Option<String>,
     },
     StartContainer {
         id: String,
@@ -119,12 +123,18 @@ pub enum StreamKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Rootfs {
-    /// A virtio-blk disk, e.g. `/dev/vda`, holding a filesystem of `fstype`.
+    /// A virtio-blk disk, e.g. `/dev/vda`, holding a filesystem of `fstype`, or of a
+    /// type the agent detects when `fstype` is `None`.
     Block {
         device: String,
-        fstype: String,
+        fstype: Option<String>,
         readonly: bool,
     },
+    /// A directory of the shared file system: `path` is relative to
+    /// [`crate::SHARED_DIR`]. It is shared writable even for a read-only root: the
+    /// container's mount points are made in it first, as runc makes them on the host,
+    /// then libcontainer remounts the root read-only (`root.readonly` in the spec).
+    Shared { path: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -261,9 +271,18 @@ mod tests {
                 spec: serde_json::json!({"ociVersion": "1.0.2"}),
                 rootfs: Rootfs::Block {
                     device: "/dev/vda".into(),
-                    fstype: "ext4".into(),
+                    fstype: Some("ext4".into()),
                     readonly: false,
                 },
+                shared_fs: None,
+            },
+            Request::CreateContainer {
+                id: "c".into(),
+                spec: serde_json::json!({"ociVersion": "1.0.2"}),
+                rootfs: Rootfs::Shared {
+                    path: "rootfs".into(),
+                },
+                shared_fs: Some("runm".into()),
             },
             Request::StartContainer { id: "c".into() },
             Request::Exec {
