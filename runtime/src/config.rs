@@ -1,11 +1,13 @@
 //! runm's own settings: `/etc/runm/config.toml` (or `$RUNM_CONFIG`), overridden by the
-//! environment (`RUNM_KERNEL`, `RUNM_INITRD`). Everything has a default, so a missing
+//! environment (`RUNM_KERNEL`, `RUNM_INITRD`, `RUNM_VIRTIOFSD`). Everything has a default, so a missing
 //! file is fine; an unreadable or malformed one is an error that names it.
 //!
 //! ```toml
 //! kernel = "/usr/local/lib/runm/vmlinux"
 //! initrd = "/usr/local/lib/runm/initramfs.cpio"
 //! boot_timeout_secs = 120
+//! virtiofsd = "/usr/libexec/virtiofsd"
+//! virtiofs_cache = "auto"     # never | metadata | auto | always
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -36,6 +38,8 @@ pub struct Config {
     pub kernel: Option<PathBuf>,
     pub initrd: Option<PathBuf>,
     pub boot_timeout_secs: Option<u64>,
+    pub virtiofsd: Option<PathBuf>,
+    pub virtiofs_cache: Option<crate::virtiofs::CacheMode>,
 }
 
 impl Config {
@@ -49,6 +53,9 @@ impl Config {
         }
         if let Some(i) = std::env::var_os("RUNM_INITRD") {
             config.initrd = Some(i.into());
+        }
+        if let Some(v) = std::env::var_os("RUNM_VIRTIOFSD") {
+            config.virtiofsd = Some(v.into());
         }
         Ok(config)
     }
@@ -90,6 +97,15 @@ mod tests {
         let c = Config::from_file(&p).unwrap();
         assert_eq!(c.kernel, Some(PathBuf::from("/k")));
         assert_eq!(c.boot_timeout(), Duration::from_secs(5));
+        std::fs::write(&p, "virtiofs_cache = \"always\"\n").unwrap();
+        let c = Config::from_file(&p).unwrap();
+        assert_eq!(c.virtiofs_cache, Some(crate::virtiofs::CacheMode::Always));
+        std::fs::write(&p, "virtiofs_cache = \"sometimes\"\n").unwrap();
+        let e = Config::from_file(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("virtiofs_cache") || e.contains("sometimes"),
+            "{e}"
+        );
         std::fs::write(&p, "kernal = \"/k\"\n").unwrap();
         let e = Config::from_file(&p).unwrap_err().to_string();
         assert!(e.contains("config.toml") && e.contains("kernal"), "{e}");

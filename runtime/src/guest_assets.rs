@@ -1,6 +1,7 @@
-//! Finds the guest kernel and initramfs: a flag or environment variable wins, else the
-//! files installed beside the `runm` binary (`make` puts them in `target/guest/`,
-//! `make install` in `<prefix>/lib/runm/`).
+//! Finds the guest kernel and initramfs, and the virtio-fs server: a flag, setting or
+//! environment variable wins, else the files installed beside the `runm` binary (`make`
+//! puts them in `target/guest/`, `make install` in `<prefix>/lib/runm/`; virtiofsd also
+//! where distributions put it, or on `PATH`).
 
 use std::path::{Path, PathBuf};
 
@@ -10,6 +11,7 @@ use anyhow::{bail, Context};
 pub enum Asset {
     Kernel,
     Initramfs,
+    Virtiofsd,
 }
 
 impl Asset {
@@ -17,6 +19,7 @@ impl Asset {
         match self {
             Asset::Kernel => "vmlinux",
             Asset::Initramfs => "initramfs.cpio",
+            Asset::Virtiofsd => "virtiofsd",
         }
     }
 
@@ -24,16 +27,33 @@ impl Asset {
         match self {
             Asset::Kernel => "guest kernel",
             Asset::Initramfs => "guest initramfs",
+            Asset::Virtiofsd => "virtiofsd (the virtio-fs file server)",
         }
     }
 }
 
-/// Places searched beside the executable, in order.
-fn default_dirs(exe: &Path) -> Vec<PathBuf> {
+/// Places searched, in order, for `asset`, given the executable's path.
+fn default_dirs(asset: Asset, exe: &Path) -> Vec<PathBuf> {
     let Some(bin_dir) = exe.parent() else {
         return Vec::new();
     };
-    vec![bin_dir.join("../guest"), bin_dir.join("../lib/runm")]
+    match asset {
+        Asset::Kernel | Asset::Initramfs => {
+            vec![bin_dir.join("../guest"), bin_dir.join("../lib/runm")]
+        }
+        Asset::Virtiofsd => {
+            let mut dirs = vec![
+                bin_dir.to_path_buf(),
+                bin_dir.join("../lib/runm"),
+                "/usr/libexec".into(),
+                "/usr/lib/qemu".into(),
+            ];
+            dirs.extend(std::env::split_paths(
+                &std::env::var_os("PATH").unwrap_or_default(),
+            ));
+            dirs
+        }
+    }
 }
 
 /// Returns `explicit` if given (it must exist), else the first default that exists.
@@ -45,7 +65,7 @@ pub fn locate(asset: Asset, explicit: Option<PathBuf>) -> anyhow::Result<PathBuf
         return Ok(path);
     }
     let exe = std::env::current_exe().context("cannot find the runm executable's path")?;
-    let candidates: Vec<PathBuf> = default_dirs(&exe)
+    let candidates: Vec<PathBuf> = default_dirs(asset, &exe)
         .into_iter()
         .map(|d| d.join(asset.file_name()))
         .collect();
@@ -66,7 +86,7 @@ mod tests {
 
     #[test]
     fn defaults_are_beside_the_binary() {
-        let dirs = default_dirs(Path::new("/usr/local/bin/runm"));
+        let dirs = default_dirs(Asset::Kernel, Path::new("/usr/local/bin/runm"));
         assert_eq!(
             dirs,
             vec![
@@ -74,6 +94,13 @@ mod tests {
                 PathBuf::from("/usr/local/bin/../lib/runm")
             ]
         );
+    }
+
+    #[test]
+    fn virtiofsd_is_looked_for_beside_the_binary_first() {
+        let dirs = default_dirs(Asset::Virtiofsd, Path::new("/opt/runm/bin/runm"));
+        assert_eq!(dirs[0], PathBuf::from("/opt/runm/bin"));
+        assert!(dirs.contains(&PathBuf::from("/usr/libexec")));
     }
 
     #[test]

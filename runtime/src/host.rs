@@ -9,8 +9,9 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use runm_protocol::{ProcessKey, Request, Response, Rootfs};
+use runm_protocol::{ProcessKey, Request, Response, Rootfs, SHARED_DIR};
 use vmm::devices::virtio::block::BlockConfig;
+use vmm::devices::virtio::fs::FsConfig;
 use vmm::devices::virtio::vsock::VsockConfig;
 use vmm::VmConfig;
 
@@ -19,14 +20,15 @@ use crate::config::Config;
 use crate::console::{self, RawGuard};
 use crate::guest_assets::{self, Asset};
 use crate::hooks::{self, HookPoint};
+use crate::mounts::{Plan, RootSource};
 use crate::relay::{HostStdio, Relay};
 use crate::sandbox::Sandbox;
 use crate::spec::Bundle;
 use crate::state::{self, Root, Status};
+use crate::virtiofs::{self, CacheMode, FsServer};
 
 pub const READY_SOCK: &str = "ready.sock";
 pub const VSOCK_SOCK: &str = "vsock.sock";
-const ROOTFS_IMAGE: &str = "rootfs.img";
 const CONSOLE_LOG: &str = "console.log";
 const GUEST_CID: u32 = 3;
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -119,7 +121,8 @@ pub fn run_sandbox(root: &Root, id: &str, console_socket: Option<&Path>) -> i32 
     let dir = root.dir(id);
     let reporter = crate::ready::Reporter::connect(&dir.join(READY_SOCK));
     let started = start_container(root, id, console_socket);
-    let (sandbox, relay, _raw) = match (started, reporter) {
+    // `_fs` serves the container's files until the end.
+    let (sandbox, relay, _raw, _fs) = match (started, reporter) {
         (Ok(s), Ok(r)) => {
             r.ok();
             s
@@ -200,7 +203,7 @@ fn record_exit(root: &Root, id: &str, status: i32) -> anyhow::Result<()> {
     Ok(())
 }
 
-type Started = (Sandbox, Relay, Option<RawGuard>);
+type Started = (Sandbox, Relay, Option<RawGuard>, Option<FsServer>);
 
 /// The guest console's last lines, for an error message (the state directory, and the
 /// log with it, is removed when create fails).
@@ -224,14 +227,20 @@ fn start_container(
     let bundle = Bundle::load(&bundle_dir)?;
     let config = Config::load()?;
     let (vcpus, mem_mib) = bundle.vm_size()?;
-    let image = dir.join(ROOTFS_IMAGE);
+    let plan = crate::mounts::plan(&bundle, Path::new(SHARED_DIR))?;
     let t = std::time::Instant::now();
-    crate::rootfs_image::build(&bundle.rootfs()?, &image)?;
-    phase("rootfs_image", t);
+    let fs = start_fs_server(&dir, &bundle, &plan, &config)?;
+    phase("fs_server", t);
     let console_log = dir.join(CONSOLE_LOG);
     let serial = std::fs::File::create(&console_log)
         .with_context(|| format!("cannot create {}", console_log.display()))?;
-    let readonly = bundle.readonly_root();
+    let disks = match &plan.root {
+        RootSource::Block { path, readonly, .. } => vec![BlockConfig {
+            path: path.clone(),
+            read_only: *readonly,
+        }],
+        RootSource::Shared { .. } => Vec::new(),
+    };
     let vm = VmConfig {
         kernel: guest_assets::locate(Asset::Kernel, config.kernel.clone())?,
         initrd: Some(guest_assets::locate(
@@ -242,25 +251,38 @@ fn start_container(
         vcpus,
         mem_mib,
         serial_out: Box::new(serial),
-        disks: vec![BlockConfig {
-            path: image,
-            read_only: readonly,
-        }],
+        disks,
         vsock: Some(VsockConfig {
             guest_cid: GUEST_CID,
             uds_path: vsock_path(&dir),
         }),
-        fs: Vec::new(),
+        fs: fs
+            .iter()
+            .map(|server| FsConfig {
+                tag: virtiofs::TAG.into(),
+                socket: server.socket().to_path_buf(),
+            })
+            .collect(),
     };
     let t = std::time::Instant::now();
-    let sandbox = Sandbox::start(vm, config.boot_timeout())
-        .with_context(|| format!("the microVM did not boot{}", console_tail(&console_log)))?;
+    let sandbox = Sandbox::start(vm, config.boot_timeout()).with_context(|| {
+        let fs_log = fs
+            .as_ref()
+            .map(|s| s.log_tail())
+            .filter(|t| !t.is_empty())
+            .map(|t| format!(" (virtiofsd: {t})"))
+            .unwrap_or_default();
+        format!(
+            "the microVM did not boot{}{fs_log}",
+            console_tail(&console_log)
+        )
+    })?;
     phase("boot_to_agent", t);
     let t = std::time::Instant::now();
-    let result = create_in_guest(root, id, &bundle, console_socket);
+    let result = create_in_guest(root, id, &bundle, &plan, console_socket);
     phase("create_in_guest", t);
     match result {
-        Ok((relay, raw)) => Ok((sandbox, relay, raw)),
+        Ok((relay, raw)) => Ok((sandbox, relay, raw, fs)),
         Err(e) => {
             let _ = sandbox.stop(SHUTDOWN_GRACE);
             Err(e)
@@ -268,22 +290,53 @@ fn start_container(
     }
 }
 
+/// Starts virtiofsd when anything of the host's is shared into the guest.
+fn start_fs_server(
+    dir: &Path,
+    bundle: &Bundle,
+    plan: &Plan,
+    config: &Config,
+) -> anyhow::Result<Option<FsServer>> {
+    if plan.shares.is_empty() {
+        return Ok(None);
+    }
+    let cache = match bundle.annotations().get(virtiofs::ANNOTATION_CACHE) {
+        Some(v) => CacheMode::parse(v).with_context(|| {
+            format!(
+                "annotation {}: {v:?} is not one of never, metadata, auto, always",
+                virtiofs::ANNOTATION_CACHE
+            )
+        })?,
+        None => config.virtiofs_cache.unwrap_or_default(),
+    };
+    let binary = guest_assets::locate(Asset::Virtiofsd, config.virtiofsd.clone())?;
+    Ok(Some(FsServer::start(dir, &plan.shares, &binary, cache)?))
+}
+
 fn create_in_guest(
     root: &Root,
     id: &str,
     bundle: &Bundle,
+    plan: &Plan,
     console_socket: Option<&Path>,
 ) -> anyhow::Result<(Relay, Option<RawGuard>)> {
     let dir = root.dir(id);
     let (stdio, raw) = host_stdio(bundle.terminal(), console_socket)?;
+    let rootfs = match &plan.root {
+        RootSource::Shared { name } => Rootfs::Shared { path: name.clone() },
+        RootSource::Block {
+            fstype, readonly, ..
+        } => Rootfs::Block {
+            device: "/dev/vda".into(),
+            fstype: fstype.clone(),
+            readonly: *readonly,
+        },
+    };
     let create = Request::CreateContainer {
         id: id.to_string(),
-        spec: bundle.guest_spec()?,
-        rootfs: Rootfs::Block {
-            device: "/dev/vda".into(),
-            fstype: "ext4".into(),
-            readonly: bundle.readonly_root(),
-        },
+        spec: bundle.guest_spec(plan.guest_mounts.clone())?,
+        rootfs,
+        shared_fs: (!plan.shares.is_empty()).then(|| virtiofs::TAG.to_string()),
     };
     let (relay, guest_pid) = launch(&vsock_path(&dir), &ProcessKey::init(id), stdio, &create)
         .context("cannot create the container in the guest")?;

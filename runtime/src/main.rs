@@ -8,13 +8,14 @@ mod console;
 mod guest_assets;
 mod hooks;
 mod host;
+mod mounts;
 mod ready;
 mod relay;
-mod rootfs_image;
 mod sandbox;
 mod signals;
 mod spec;
 mod state;
+mod virtiofs;
 
 use clap::Parser;
 

@@ -74,7 +74,10 @@ impl Bundle {
             .ok_or_else(|| field("process", "missing; a container needs a process".into()))?;
         check_process(process).map_err(|(f, m)| field(&format!("process.{f}"), m))?;
         let rootfs = self.rootfs()?;
-        if !rootfs.is_dir() {
+        let block_root = self
+            .annotations()
+            .contains_key(crate::mounts::ANNOTATION_ROOTFS_BLOCK);
+        if !block_root && !rootfs.is_dir() {
             return Err(field(
                 "root.path",
                 format!("{} is not a directory", rootfs.display()),
@@ -113,10 +116,15 @@ impl Bundle {
         self.spec.annotations().clone().unwrap_or_default()
     }
 
-    /// The config as the guest applies it: hooks run on the host, so they are removed.
-    pub fn guest_spec(&self) -> Result<serde_json::Value, SpecError> {
+    /// The config as the guest applies it: hooks run on the host, so they are removed, and
+    /// `mounts` replace the bundle's (bind sources rewritten to their guest paths).
+    pub fn guest_spec(
+        &self,
+        mounts: Vec<oci_spec::runtime::Mount>,
+    ) -> Result<serde_json::Value, SpecError> {
         let mut spec = self.spec.clone();
         spec.set_hooks(None);
+        spec.set_mounts(Some(mounts));
         serde_json::to_value(&spec)
             .map_err(|e| SpecError::Invalid("config.json".into(), e.to_string()))
     }
@@ -301,7 +309,10 @@ mod tests {
         let mut c = default_config();
         c["hooks"] = serde_json::json!({"poststart": [{"path": "/bin/true"}]});
         let (dir, b) = bundle_with(&c.to_string());
-        let g = b.unwrap().guest_spec().unwrap();
+        let b = b.unwrap();
+        let g = b
+            .guest_spec(b.spec.mounts().clone().unwrap_or_default())
+            .unwrap();
         assert!(g.get("hooks").is_none_or(|h| h.is_null()), "{g}");
         std::fs::remove_dir_all(dir).unwrap();
     }

@@ -71,6 +71,7 @@ fn create_container(
         bail!("process.terminal is true, so --console-socket is required");
     }
     bundle.vm_size()?;
+    crate::mounts::plan(&bundle, Path::new(runm_protocol::SHARED_DIR))?;
     let config = Config::load()?;
     let root = Root::new(&global.root);
     let dir = root.create_dir(&args.id)?;
