@@ -11,6 +11,12 @@ AGENT := $(TARGET)/$(TRIPLE)/release/runm-agent
 TEST_GUEST := $(TARGET)/$(TRIPLE)/release/runm-test-guest
 GUEST := $(TARGET)/guest
 TESTHOST := $(CURDIR)/tests/testhost/run
+# The virtio-fs file server runm starts per sandbox, built from crates.io and kept
+# beside the runm binary, where runm looks for it.
+VIRTIOFSD_VERSION := 1.14.0
+VIRTIOFSD := $(TARGET)/release/virtiofsd
+# A Debian tree for the integration tests' full-distribution rootfs.
+DEBIAN_ROOTFS := $(TARGET)/debian-rootfs
 PREFIX ?= /usr/local
 # Guest binaries are static: glibc, and libseccomp (libcontainer's seccomp filters) from
 # libseccomp-dev's archive.
@@ -18,14 +24,15 @@ STATIC_ENV := LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-li
 	RUSTFLAGS="-C target-feature=+crt-static"
 
 # Debian packages: guest kernel build, emulated KVM test host, initramfs packing,
-# container rootfs images (e2fsprogs), the benchmarks' peers (runc, crun), and the
-# agent's static libseccomp (libseccomp-dev).
+# block rootfs images (e2fsprogs), the benchmarks' peers (runc, crun), the agent's
+# static libseccomp (libseccomp-dev), virtiofsd's build (libcap-ng-dev) and a Debian
+# rootfs for the tests (debootstrap).
 APT_PACKAGES := linux-source-6.12 bc flex bison libelf-dev libssl-dev xz-utils \
 	qemu-system-x86 linux-image-amd64 busybox-static cpio kmod e2fsprogs runc crun \
-	libseccomp-dev
+	libseccomp-dev libcap-ng-dev debootstrap
 
-.PHONY: all deps runm agent kernel initramfs guest test-guest demo test unit-test \
-	integration-test lint bench install clean
+.PHONY: all deps runm virtiofsd agent kernel initramfs guest test-guest demo test \
+	unit-test integration-test lint bench install clean
 
 all: runm guest
 
@@ -40,8 +47,20 @@ deps:
 	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-runm:
+runm: virtiofsd
 	$(CARGO) build --release -p runm
+
+virtiofsd: deps
+	@if ! "$(VIRTIOFSD)" --version 2>/dev/null | grep -q " $(VIRTIOFSD_VERSION)$$"; then \
+	  $(CARGO) install --locked --quiet virtiofsd@$(VIRTIOFSD_VERSION) --root $(TARGET)/tools; \
+	  mkdir -p $(dir $(VIRTIOFSD)); cp $(TARGET)/tools/bin/virtiofsd $(VIRTIOFSD); \
+	fi
+
+# Built once: later runs reuse it (debootstrap needs the network, the test host has none).
+$(DEBIAN_ROOTFS)/etc/debian_version: | deps
+	rm -rf $(DEBIAN_ROOTFS).tmp
+	debootstrap --variant=minbase bookworm $(DEBIAN_ROOTFS).tmp http://deb.debian.org/debian >/dev/null
+	rm -rf $(DEBIAN_ROOTFS); mv $(DEBIAN_ROOTFS).tmp $(DEBIAN_ROOTFS)
 
 # The agent is PID 1 of a guest with no libc: link it statically.
 agent: deps
@@ -76,18 +95,19 @@ unit-test:
 
 # Each integration test binary runs inside the emulated KVM test host where /dev/kvm
 # cannot boot Linux (tests/testhost/run decides, and says which).
-integration-test: all test-guest
+integration-test: all test-guest $(DEBIAN_ROOTFS)/etc/debian_version
 	CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER=$(TESTHOST) \
 	  $(CARGO) test --release --no-fail-fast -p runm-tests
 
 test: deps lint unit-test integration-test
 
-bench: all test-guest
+bench: all test-guest $(DEBIAN_ROOTFS)/etc/debian_version
 	CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER=$(TESTHOST) \
 	  $(CARGO) bench -p runm-tests
 
 install: all
 	install -D -m 0755 $(RUNM) $(DESTDIR)$(PREFIX)/bin/runm
+	install -D -m 0755 $(VIRTIOFSD) $(DESTDIR)$(PREFIX)/lib/runm/virtiofsd
 	install -D -m 0644 $(GUEST)/vmlinux $(DESTDIR)$(PREFIX)/lib/runm/vmlinux
 	install -D -m 0644 $(GUEST)/initramfs.cpio $(DESTDIR)$(PREFIX)/lib/runm/initramfs.cpio
 

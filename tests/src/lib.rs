@@ -122,18 +122,46 @@ pub fn processes_running(exe: &Path) -> Vec<u32> {
         .collect()
 }
 
-/// Asserts that no `runm` process outlived the command under test.
+/// Pids of live processes named `comm` (as `/proc/<pid>/comm` has it).
+pub fn processes_named(comm: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .map(|c| c.trim_end() == comm)
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+/// Mount points at or under `dir` in this process's mount namespace.
+pub fn mounts_under(dir: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let dir = dir.to_string_lossy().into_owned();
+    text.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.starts_with(&dir))
+        .map(String::from)
+        .collect()
+}
+
+/// Asserts that no `runm` process, and no virtio-fs server runm started, outlived the
+/// command under test.
 pub fn assert_no_runm_left() {
     let bin = runm_bin();
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let left = processes_running(&bin);
+        let mut left = processes_running(&bin);
+        left.extend(processes_named("virtiofsd"));
         if left.is_empty() {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "runm processes left behind: {left:?}"
+            "runm or virtiofsd processes left behind: {left:?}"
         );
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -1,0 +1,196 @@
+//! Container filesystem performance, in one run and one environment: the same workload
+//! (`fsbench`, from tests/guest: 128 MiB sequential write with fsync, 128 MiB sequential
+//! read of a file the guest has not cached, create/stat/delete 10,000 empty files, untar
+//! a Debian /usr/share tree) run
+//! - directly on the host (the test host, when KVM needs one);
+//! - in a runm container whose rootfs is an ext4 image on virtio-blk;
+//! - in runm containers on virtio-fs, once per cache mode.
+//!
+//! All storage sits in the same host directory (the system temp dir), so only the path
+//! to it differs. Output: the median of RUNS runs per measure and setup, then each
+//! virtio-fs setup's ratio against the block image and against the host (time ratios:
+//! above 1 is slower; throughput is turned into time per MiB first).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use runm_tests::bundle::TestBundle;
+use runm_tests::{kvm_unusable_reason, runm_bin, target_profile_dir, TempDir};
+
+const RUNS: usize = 3;
+const BIG_MIB: usize = 128;
+/// Measures, and whether a bigger value is better (throughput) or worse (time).
+const MEASURES: &[(&str, bool)] = &[
+    ("seq_write_mib_s", true),
+    ("seq_read_mib_s", true),
+    ("create_10k_ms", false),
+    ("stat_10k_ms", false),
+    ("delete_10k_ms", false),
+    ("untar_ms", false),
+];
+const CACHE_MODES: &[&str] = &["auto", "always", "never"];
+
+type Figures = BTreeMap<String, f64>;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn parse(text: &str) -> Figures {
+    text.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            match (w.next(), w.next(), w.next()) {
+                (Some("fsbench"), Some(k), Some(v)) => Some((k.to_string(), v.parse().ok()?)),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+fn check(what: &str, out: std::process::Output) -> Figures {
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let figures = parse(&text);
+    if !out.status.success() || figures.len() != MEASURES.len() {
+        eprintln!(
+            "{what} failed ({}): {text}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::process::exit(1);
+    }
+    figures
+}
+
+/// A busybox bundle with `fsbench` and the inputs in its rootfs.
+fn bundle(tmp: &TempDir, name: &str, fsbench: &Path, input: &Path) -> TestBundle {
+    let b = TestBundle::busybox(tmp, name, &["/fsbench", "/work", "/input"]);
+    let root = b.dir.join("rootfs");
+    std::fs::copy(fsbench, root.join("fsbench")).expect("copy fsbench");
+    std::fs::create_dir_all(root.join("input")).unwrap();
+    for f in ["big.bin", "tree.tar"] {
+        std::fs::copy(input.join(f), root.join("input").join(f)).expect("copy input");
+    }
+    b
+}
+
+fn run_container(b: &TestBundle, state: &Path, id: &str) -> Figures {
+    let out = Command::new(runm_bin())
+        .arg("--root")
+        .arg(state)
+        .args(["run", "--bundle", b.path(), id])
+        .stdin(Stdio::null())
+        .output()
+        .expect("runm");
+    check(&format!("runm run {id}"), out)
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    if let Some(why) = kvm_unusable_reason() {
+        println!("skipped: {why}");
+        return;
+    }
+    let fsbench = target_profile_dir().join("../x86_64-unknown-linux-gnu/release/fsbench");
+    let debian = target_profile_dir().join("../debian-rootfs/usr/share");
+    for p in [&fsbench, &debian] {
+        assert!(p.exists(), "{} is missing: run `make bench`", p.display());
+    }
+    let tmp = TempDir::new("bench-fs");
+    let input = tmp.join("input");
+    std::fs::create_dir_all(&input).unwrap();
+    let big: Vec<u8> = (0..BIG_MIB << 20).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(input.join("big.bin"), big).unwrap();
+    let tar = Command::new("tar")
+        .arg("-cf")
+        .arg(input.join("tree.tar"))
+        .arg("-C")
+        .arg(debian.parent().unwrap())
+        .arg("share")
+        .status()
+        .unwrap();
+    assert!(tar.success(), "tar of {}", debian.display());
+    let state = tmp.join("state");
+
+    // Block: an ext4 image of the same rootfs, with room for the workload.
+    let blk = bundle(&tmp, "blk", &fsbench, &input);
+    let image: PathBuf = tmp.join("root.img");
+    let mkfs = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(blk.dir.join("rootfs"))
+        .arg(&image)
+        .arg("1G")
+        .status()
+        .expect("mkfs.ext4");
+    assert!(mkfs.success());
+    let mut blk = blk;
+    blk.edit(|c| c["annotations"] = serde_json::json!({"io.runm.rootfs.block": image}));
+
+    let mut setups: Vec<(String, TestBundle)> = vec![("virtio_blk_ext4".into(), blk)];
+    for mode in CACHE_MODES {
+        let mut b = bundle(&tmp, &format!("fs-{mode}"), &fsbench, &input);
+        b.edit(|c| c["annotations"] = serde_json::json!({"io.runm.virtiofs.cache": mode}));
+        setups.push((format!("virtiofs_{mode}"), b));
+    }
+
+    let mut runs: BTreeMap<String, BTreeMap<String, Vec<f64>>> = BTreeMap::new();
+    for i in 0..RUNS {
+        let host_work = tmp.join("host-work");
+        let out = Command::new(&fsbench)
+            .arg(&host_work)
+            .arg(&input)
+            .output()
+            .expect("fsbench");
+        let _ = std::fs::remove_dir_all(&host_work);
+        for (k, v) in check("fsbench on the host", out) {
+            runs.entry("host".into())
+                .or_default()
+                .entry(k)
+                .or_default()
+                .push(v);
+        }
+        for (name, b) in &setups {
+            for (k, v) in run_container(b, &state, &format!("{name}-{i}")) {
+                runs.entry(name.clone())
+                    .or_default()
+                    .entry(k)
+                    .or_default()
+                    .push(v);
+            }
+        }
+    }
+    let m: BTreeMap<String, Figures> = runs
+        .into_iter()
+        .map(|(s, f)| (s, f.into_iter().map(|(k, v)| (k, median(v))).collect()))
+        .collect();
+    println!("# fsbench, median of {RUNS} runs; MiB/s or ms as named");
+    for (setup, figures) in &m {
+        let line: Vec<String> = MEASURES
+            .iter()
+            .map(|(k, _)| format!("{k}={:.1}", figures[*k]))
+            .collect();
+        println!("fs {setup} {}", line.join(" "));
+    }
+    println!("# time ratios (above 1: slower), against the virtio-blk image and the host");
+    for mode in CACHE_MODES {
+        let fs = &m[&format!("virtiofs_{mode}")];
+        for (base_name, base) in [("blk", &m["virtio_blk_ext4"]), ("host", &m["host"])] {
+            let line: Vec<String> = MEASURES
+                .iter()
+                .map(|(k, higher_better)| {
+                    let r = if *higher_better {
+                        base[*k] / fs[*k]
+                    } else {
+                        fs[*k] / base[*k]
+                    };
+                    format!("{k}={r:.2}")
+                })
+                .collect();
+            println!("fs_ratio virtiofs_{mode}/{base_name} {}", line.join(" "));
+        }
+    }
+}
