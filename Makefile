@@ -97,7 +97,7 @@ unit-test:
 # cannot boot Linux (tests/testhost/run decides, and says which).
 integration-test: all test-guest $(DEBIAN_ROOTFS)/etc/debian_version
 	CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER=$(TESTHOST) \
-	  $(CARGO) test --release --no-fail-fast -p runm-tests
+	  $(CARGO) test --release --no-fail-fast -p runm-tests -- --test-threads=1
 
 test: deps lint unit-test integration-test
 

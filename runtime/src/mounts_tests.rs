@@ -24,7 +24,13 @@ fn bundle_dir(name: &str) -> Dir {
 
 fn bundle(dir: &Dir, mounts: Vec<Mount>, annotations: &[(&str, &str)]) -> Bundle {
     let mut spec = Spec::default();
-    spec.set_root(Some(RootBuilder::default().path("rootfs").build().unwrap()));
+    spec.set_root(Some(
+        RootBuilder::default()
+            .path("rootfs")
+            .readonly(false)
+            .build()
+            .unwrap(),
+    ));
     spec.set_mounts(Some(mounts));
     let a: HashMap<String, String> = annotations
         .iter()

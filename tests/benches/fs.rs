@@ -103,7 +103,9 @@ fn main() {
     let tmp = TempDir::new("bench-fs");
     let input = tmp.join("input");
     std::fs::create_dir_all(&input).unwrap();
-    let big: Vec<u8> = (0..BIG_MIB << 20).map(|i| (i * 7 % 251) as u8).collect();
+    let big: Vec<u8> = (0..BIG_MIB << 20)
+        .map(|i| u8::try_from(i * 7 % 251).unwrap_or(0))
+        .collect();
     std::fs::write(input.join("big.bin"), big).unwrap();
     let tar = Command::new("tar")
         .arg("-cf")

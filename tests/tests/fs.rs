@@ -298,7 +298,8 @@ fn bad_filesystem_input_is_named_and_leaves_nothing_behind() {
     let _vm = vm_lock();
     let tmp = TempDir::new("fs-bad");
     let runm = Runm::new(&tmp);
-    let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>, Vec<&str>)> = vec![
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: Vec<(&str, Edit, Vec<&str>)> = vec![
         (
             "missing rootfs",
             Box::new(|c| c["root"]["path"] = "no-such-rootfs".into()),
