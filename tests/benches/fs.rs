@@ -18,6 +18,8 @@ use std::process::{Command, Stdio};
 use runm_tests::bundle::TestBundle;
 use runm_tests::{kvm_unusable_reason, runm_bin, target_profile_dir, TempDir};
 
+/// Runs per setup (`FSBENCH_RUNS` overrides), and the setups to run (`FSBENCH_SETUPS`,
+/// comma-separated names as printed; all by default).
 const RUNS: usize = 3;
 const BIG_MIB: usize = 128;
 /// Measures, and whether a bigger value is better (throughput) or worse (time).
@@ -50,18 +52,24 @@ fn parse(text: &str) -> Figures {
         .collect()
 }
 
-fn check(what: &str, out: std::process::Output) -> Figures {
+/// The run's figures, printed at once (a later failure must not lose them); a failed
+/// run is reported and its partial figures dropped.
+fn check(what: &str, out: std::process::Output) -> Option<Figures> {
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let figures = parse(&text);
     if !out.status.success() || figures.len() != MEASURES.len() {
-        eprintln!(
-            "{what} failed ({}): {text}\n{}",
+        println!(
+            "# {what} FAILED ({}): {}\n# {}",
             out.status,
+            text.trim().replace('\n', "; "),
             String::from_utf8_lossy(&out.stderr)
+                .trim()
+                .replace('\n', "; ")
         );
-        std::process::exit(1);
+        return None;
     }
-    figures
+    println!("# {what}: {}", text.trim().replace('\n', "; "));
+    Some(figures)
 }
 
 /// A busybox bundle with `fsbench` and the inputs in its rootfs.
@@ -76,7 +84,7 @@ fn bundle(tmp: &TempDir, name: &str, fsbench: &Path, input: &Path) -> TestBundle
     b
 }
 
-fn run_container(b: &TestBundle, state: &Path, id: &str) -> Figures {
+fn run_container(b: &TestBundle, state: &Path, id: &str) -> Option<Figures> {
     let out = Command::new(runm_bin())
         .arg("--root")
         .arg(state)
@@ -139,8 +147,19 @@ fn main() {
         setups.push((format!("virtiofs_{mode}"), b));
     }
 
+    let runs_wanted = std::env::var("FSBENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(RUNS);
+    let wanted = std::env::var("FSBENCH_SETUPS").ok();
+    let wanted = |name: &str| {
+        wanted
+            .as_deref()
+            .is_none_or(|w| w.split(',').any(|s| s == name))
+    };
+    setups.retain(|(name, _)| wanted(name));
     let mut runs: BTreeMap<String, BTreeMap<String, Vec<f64>>> = BTreeMap::new();
-    for i in 0..RUNS {
+    for i in 0..runs_wanted {
         let host_work = tmp.join("host-work");
         let out = Command::new(&fsbench)
             .arg(&host_work)
@@ -148,7 +167,7 @@ fn main() {
             .output()
             .expect("fsbench");
         let _ = std::fs::remove_dir_all(&host_work);
-        for (k, v) in check("fsbench on the host", out) {
+        for (k, v) in check("fsbench on the host", out).unwrap_or_default() {
             runs.entry("host".into())
                 .or_default()
                 .entry(k)
@@ -156,7 +175,8 @@ fn main() {
                 .push(v);
         }
         for (name, b) in &setups {
-            for (k, v) in run_container(b, &state, &format!("{name}-{i}")) {
+            let figures = run_container(b, &state, &format!("{name}-{i}"));
+            for (k, v) in figures.unwrap_or_default() {
                 runs.entry(name.clone())
                     .or_default()
                     .entry(k)
@@ -169,7 +189,7 @@ fn main() {
         .into_iter()
         .map(|(s, f)| (s, f.into_iter().map(|(k, v)| (k, median(v))).collect()))
         .collect();
-    println!("# fsbench, median of {RUNS} runs; MiB/s or ms as named");
+    println!("# fsbench, median of {runs_wanted} runs; MiB/s or ms as named");
     for (setup, figures) in &m {
         let line: Vec<String> = MEASURES
             .iter()
@@ -179,8 +199,11 @@ fn main() {
     }
     println!("# time ratios (above 1: slower), against the virtio-blk image and the host");
     for mode in CACHE_MODES {
-        let fs = &m[&format!("virtiofs_{mode}")];
-        for (base_name, base) in [("blk", &m["virtio_blk_ext4"]), ("host", &m["host"])] {
+        let Some(fs) = m.get(&format!("virtiofs_{mode}")) else {
+            continue;
+        };
+        for (base_name, base) in [("blk", m.get("virtio_blk_ext4")), ("host", m.get("host"))] {
+            let Some(base) = base else { continue };
             let line: Vec<String> = MEASURES
                 .iter()
                 .map(|(k, higher_better)| {
