@@ -127,6 +127,24 @@ impl Runm {
         }
     }
 
+    /// Runs `args` with a guest kernel that is garbage, so the VM cannot boot, and
+    /// asserts that runm fails and names the kernel.
+    pub fn assert_unbootable_fails(&self, tmp: &TempDir, args: &[&str]) {
+        let kernel = tmp.join("garbage-vmlinux");
+        std::fs::write(&kernel, b"not an ELF file").expect("write the garbage kernel");
+        let out = self
+            .command(args)
+            .env("RUNM_KERNEL", &kernel)
+            .output()
+            .expect("run runm");
+        assert!(!out.status.success(), "{}", crate::describe(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("garbage-vmlinux"),
+            "{}",
+            crate::describe(&out)
+        );
+    }
+
     /// Asserts that no container state is left under the root.
     pub fn assert_empty(&self) {
         let left: Vec<_> = std::fs::read_dir(&self.root)

@@ -35,6 +35,55 @@ fn assert_clean(runm: &Runm, tmp: &TempDir) {
     assert_eq!(mounts_under(&tmp.0), Vec::<String>::new(), "mounts left");
 }
 
+/// `runm run` in the background, its output in files under `tmp`.
+struct Background {
+    child: std::process::Child,
+    out: std::path::PathBuf,
+    err: std::path::PathBuf,
+}
+
+impl Background {
+    fn run(runm: &Runm, tmp: &TempDir, b: &TestBundle, id: &str) -> Self {
+        let out = tmp.join(&format!("{id}.out"));
+        let err = tmp.join(&format!("{id}.err"));
+        let child = runm
+            .command(&["run", "--bundle", b.path(), id])
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .spawn()
+            .unwrap();
+        Self { child, out, err }
+    }
+
+    /// Waits for `run` to end (a test failure after `deadline`); asserts it exited 0 and
+    /// returns its stdout.
+    fn finish(mut self, deadline: Instant) -> String {
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "run did not end");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let out = std::fs::read_to_string(&self.out).unwrap();
+        let err = std::fs::read_to_string(&self.err).unwrap();
+        assert_eq!(status.code(), Some(0), "{out}\n{err}");
+        out
+    }
+}
+
+/// Waits until `path` exists.
+fn wait_for(path: &Path, deadline: Instant) {
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn bind(dest: &str, source: &Path, options: &[&str]) -> serde_json::Value {
     serde_json::json!({
         "destination": dest,
@@ -56,46 +105,14 @@ fn container_and_host_see_each_others_writes_in_the_rootfs() {
     let b = TestBundle::busybox(&tmp, "b", &["sh", "-c", script]);
     let rootfs = b.dir.join("rootfs");
     std::fs::write(rootfs.join("from-host"), "written-on-host\n").unwrap();
-    let id = "fs-rw";
-    let run = {
-        let out = tmp.join("run.out");
-        let err = tmp.join("run.err");
-        let child = runm
-            .command(&["run", "--bundle", b.path(), id])
-            .stdout(std::fs::File::create(&out).unwrap())
-            .stderr(std::fs::File::create(&err).unwrap())
-            .spawn()
-            .unwrap();
-        (child, out, err)
-    };
+    let run = Background::run(&runm, &tmp, &b, "fs-rw");
     // The guest's write shows on the host while the container runs.
     let deadline = Instant::now() + T;
-    while !rootfs.join("dir/sub/f").exists() {
-        assert!(
-            Instant::now() < deadline,
-            "the guest's files never appeared"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for(&rootfs.join("dir/sub/f"), deadline);
     std::fs::write(rootfs.join("late"), "created-on-host-during-the-run\n").unwrap();
-    let (mut child, out, err) = run;
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "run did not end");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let (out, err) = (
-        std::fs::read_to_string(out).unwrap(),
-        std::fs::read_to_string(err).unwrap(),
-    );
-    assert_eq!(status.code(), Some(0), "{out}\n{err}");
-    assert!(out.contains("written-on-host"), "{out}\n{err}");
-    assert!(
-        out.contains("created-on-host-during-the-run"),
-        "{out}\n{err}"
-    );
+    let out = run.finish(deadline);
+    assert!(out.contains("written-on-host"), "{out}");
+    assert!(out.contains("created-on-host-during-the-run"), "{out}");
     assert_eq!(
         std::fs::read_to_string(rootfs.join("from-guest")).unwrap(),
         "written-in-guest\n"
@@ -176,33 +193,15 @@ fn path_escapes_never_reach_host_files_outside_the_shared_tree() {
     let b = TestBundle::busybox(&tmp, "b", &["sh", "-c", &script]);
     let rootfs = b.dir.join("rootfs");
     std::fs::create_dir_all(rootfs.join("swap")).unwrap();
-    let id = "fs-escape";
-    let mut child = runm
-        .command(&["run", "--bundle", b.path(), id])
-        .stdout(std::fs::File::create(tmp.join("run.out")).unwrap())
-        .stderr(std::fs::File::create(tmp.join("run.err")).unwrap())
-        .spawn()
-        .unwrap();
+    let run = Background::run(&runm, &tmp, &b, "fs-escape");
     let deadline = Instant::now() + T;
-    while !rootfs.join("ready").exists() {
-        assert!(Instant::now() < deadline, "the container never got ready");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for(&rootfs.join("ready"), deadline);
     // Swap the directory the container writes into for a symlink to the host's secret.
     std::fs::remove_dir_all(rootfs.join("swap")).unwrap();
     std::os::unix::fs::symlink(&outside, rootfs.join("swap")).unwrap();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "run did not end");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let out = std::fs::read_to_string(tmp.join("run.out")).unwrap();
-    let err = std::fs::read_to_string(tmp.join("run.err")).unwrap();
-    assert_eq!(status.code(), Some(0), "{out}\n{err}");
-    assert!(out.contains("done"), "{out}\n{err}");
-    assert!(!out.contains("LEAK"), "{out}\n{err}");
+    let out = run.finish(deadline);
+    assert!(out.contains("done"), "{out}");
+    assert!(!out.contains("LEAK"), "{out}");
     assert_eq!(
         std::fs::read_to_string(outside.join("secret")).unwrap(),
         "host-secret\n"
@@ -339,18 +338,6 @@ fn bad_filesystem_input_is_named_and_leaves_nothing_behind() {
     }
     // A failure after virtiofsd started and the shares were mounted: the VM cannot boot.
     let b = TestBundle::busybox(&tmp, "boot", &["true"]);
-    let kernel = tmp.join("garbage-vmlinux");
-    std::fs::write(&kernel, b"not an ELF file").unwrap();
-    let out = runm
-        .command(&["run", "--bundle", b.path(), "noboot"])
-        .env("RUNM_KERNEL", &kernel)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("garbage-vmlinux"),
-        "{}",
-        describe(&out)
-    );
+    runm.assert_unbootable_fails(&tmp, &["run", "--bundle", b.path(), "noboot"]);
     assert_clean(&runm, &tmp);
 }

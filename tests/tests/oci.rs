@@ -470,19 +470,7 @@ fn bad_input_is_named_and_leaves_nothing_behind() {
 
     // A VM that cannot boot: its kernel is garbage.
     let b = TestBundle::busybox(&tmp, "b2", &["true"]);
-    let kernel = tmp.join("garbage-vmlinux");
-    std::fs::write(&kernel, b"not an ELF file").unwrap();
-    let out = runm
-        .command(&["create", "--bundle", b.path(), "y"])
-        .env("RUNM_KERNEL", &kernel)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("garbage-vmlinux"),
-        "{}",
-        describe(&out)
-    );
+    runm.assert_unbootable_fails(&tmp, &["create", "--bundle", b.path(), "y"]);
     runm.assert_empty();
     assert_no_runm_left();
 }
