@@ -7,6 +7,9 @@
 //! - `disk:<token>`: writes `<token>` at the start of /dev/vda and reads it back, then
 //!   tries to write /dev/vdb (attached read-only) and reports the error.
 //! - `cpus`: reports the number of online CPUs.
+//! - `fsload:<tag>[:big]`: mounts virtio-fs `<tag>` and creates, stats and deletes 10,000
+//!   files, reporting each step's time; with `big`, writes and reads 256 MiB first (a load test, also run under QEMU by
+//!   `tests/scripts/fsload-vs-qemu.sh`).
 //! - `fs:<tag>`: mounts the virtio-fs `<tag>` on /mnt, reports /mnt/from-host, writes
 //!   /mnt/from-guest, creates and removes 100 files, and unmounts.
 
@@ -40,6 +43,7 @@ fn main() {
         ("disk", token) => disk(token),
         ("cpus", _) => cpus(),
         ("fs", tag) => fs(tag),
+        ("fsload", tag) => fsload(tag),
         _ => Err(format!("unknown scenario {scenario:?}")),
     };
     if let Err(e) = outcome {
@@ -183,5 +187,58 @@ fn fs(tag: &str) -> Result<(), String> {
     nix::unistd::sync();
     umount("/mnt").map_err(|e| format!("umount /mnt: {e}"))?;
     println!("result: unmounted {tag}");
+    Ok(())
+}
+
+fn fsload(arg: &str) -> Result<(), String> {
+    use nix::mount::{mount, MsFlags};
+    let (tag, big) = match arg.split_once(':') {
+        Some((tag, "big")) => (tag, true),
+        _ => (arg, false),
+    };
+    std::fs::create_dir_all("/mnt").map_err(|e| format!("mkdir /mnt: {e}"))?;
+    mount(
+        Some(tag),
+        "/mnt",
+        Some("virtiofs"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|e| format!("mount -t virtiofs {tag} /mnt: {e}"))?;
+    let dir = std::path::Path::new("/mnt/load");
+    std::fs::create_dir_all(dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+    if big {
+        // 256 MiB written, synced and read back first: the guest's page cache fills.
+        use std::io::{Read, Write};
+        let path = dir.join("big");
+        let chunk = vec![0x5a_u8; 1 << 20];
+        let mut f = std::fs::File::create(&path).map_err(|e| format!("create big: {e}"))?;
+        for _ in 0..256 {
+            f.write_all(&chunk).map_err(|e| format!("write big: {e}"))?;
+        }
+        f.sync_all().map_err(|e| format!("sync big: {e}"))?;
+        let mut back = Vec::new();
+        std::fs::File::open(&path)
+            .and_then(|mut f| f.read_to_end(&mut back))
+            .map_err(|e| format!("read big: {e}"))?;
+        println!("result: big file {} MiB written and read", back.len() >> 20);
+    }
+    let names: Vec<_> = (0..10_000).map(|i| dir.join(format!("f{i}"))).collect();
+    type Step = fn(&std::path::Path) -> std::io::Result<()>;
+    let steps: [(&str, Step); 3] = [
+        ("create", |p| std::fs::File::create(p).map(drop)),
+        ("stat", |p| std::fs::metadata(p).map(drop)),
+        ("delete", |p| std::fs::remove_file(p)),
+    ];
+    for (name, step) in steps {
+        let t = std::time::Instant::now();
+        for (i, p) in names.iter().enumerate() {
+            step(p).map_err(|e| format!("{name} {}: {e}", p.display()))?;
+            if i % 2000 == 1999 {
+                println!("fsload: {name} {} done", i + 1);
+            }
+        }
+        println!("result: {name} 10000 in {} ms", t.elapsed().as_millis());
+    }
     Ok(())
 }
