@@ -95,8 +95,10 @@ unit-test:
 
 # Each integration test binary runs inside the emulated KVM test host where /dev/kvm
 # cannot boot Linux (tests/testhost/run decides, and says which).
+# A test host silent for 4 minutes has hung (no single test takes a minute): it is
+# restarted once and the test binary run again, loudly (see tests/testhost/run).
 integration-test: all test-guest $(DEBIAN_ROOTFS)/etc/debian_version
-	CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER=$(TESTHOST) \
+	CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER=$(TESTHOST) RUNM_TESTHOST_STALL=240 \
 	  $(CARGO) test --release --no-fail-fast -p runm-tests -- --test-threads=1
 
 test: deps lint unit-test integration-test
