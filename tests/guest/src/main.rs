@@ -147,8 +147,9 @@ fn cpus() -> Result<(), String> {
     Ok(())
 }
 
-fn fs(tag: &str) -> Result<(), String> {
-    use nix::mount::{mount, umount, MsFlags};
+/// Mounts virtio-fs `tag` at /mnt.
+fn mount_virtiofs(tag: &str) -> Result<(), String> {
+    use nix::mount::{mount, MsFlags};
     std::fs::create_dir_all("/mnt").map_err(|e| format!("mkdir /mnt: {e}"))?;
     mount(
         Some(tag),
@@ -158,6 +159,12 @@ fn fs(tag: &str) -> Result<(), String> {
         None::<&str>,
     )
     .map_err(|e| format!("mount -t virtiofs {tag} /mnt: {e}"))?;
+    Ok(())
+}
+
+fn fs(tag: &str) -> Result<(), String> {
+    use nix::mount::umount;
+    mount_virtiofs(tag)?;
     println!("result: mounted {tag}");
     let from_host = std::fs::read_to_string("/mnt/from-host")
         .map_err(|e| format!("read /mnt/from-host: {e}"))?;
@@ -191,20 +198,11 @@ fn fs(tag: &str) -> Result<(), String> {
 }
 
 fn fsload(arg: &str) -> Result<(), String> {
-    use nix::mount::{mount, MsFlags};
     let (tag, big) = match arg.split_once(':') {
         Some((tag, "big")) => (tag, true),
         _ => (arg, false),
     };
-    std::fs::create_dir_all("/mnt").map_err(|e| format!("mkdir /mnt: {e}"))?;
-    mount(
-        Some(tag),
-        "/mnt",
-        Some("virtiofs"),
-        MsFlags::empty(),
-        None::<&str>,
-    )
-    .map_err(|e| format!("mount -t virtiofs {tag} /mnt: {e}"))?;
+    mount_virtiofs(tag)?;
     let dir = std::path::Path::new("/mnt/load");
     std::fs::create_dir_all(dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
     if big {
