@@ -208,12 +208,10 @@ type Started = (Sandbox, Relay, Option<RawGuard>, Option<FsServer>);
 /// The guest console's last lines, for an error message (the state directory, and the
 /// log with it, is removed when create fails).
 fn console_tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    if lines.is_empty() {
+    let tail = crate::last_lines(path, 8);
+    if tail.is_empty() {
         return " (the guest console said nothing)".into();
     }
-    let tail = lines[lines.len().saturating_sub(8)..].join(" | ");
     format!(" (guest console: {tail})")
 }
 

@@ -98,6 +98,14 @@ fn init_logging(global: &cli::GlobalOpts) {
     builder.init();
 }
 
+/// The last `n` non-blank lines of a log file joined with ` | `, for an error message;
+/// empty when there are none or the file cannot be read.
+pub fn last_lines(path: &std::path::Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join(" | ")
+}
+
 /// The error and its causes on one line. Many of our errors already include their source
 /// in their message (so that they read well on their own); a cause whose text is already
 /// there is not repeated.

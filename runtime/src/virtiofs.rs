@@ -175,9 +175,7 @@ impl FsServer {
 
     /// The last lines virtiofsd logged, for an error message.
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-        lines[lines.len().saturating_sub(5)..].join(" | ")
+        crate::last_lines(&self.log, 5)
     }
 
     /// Kills virtiofsd and waits for it.
