@@ -63,10 +63,7 @@ pub fn validate_rootfs(device: &str, fstype: Option<&str>) -> Result<(), SpecErr
     let Some(fstype) = fstype else {
         return Ok(());
     };
-    let ok = !fstype.is_empty()
-        && fstype.len() <= 32
-        && fstype.bytes().all(|b| b.is_ascii_alphanumeric());
-    if !ok {
+    if !runm_protocol::is_fstype_name(fstype) {
         return Err(SpecError::FsType(fstype.chars().take(64).collect()));
     }
     Ok(())

@@ -153,8 +153,7 @@ fn block_root(
         )));
     }
     if let Some(fs) = fstype {
-        let ok = !fs.is_empty() && fs.len() <= 32 && fs.bytes().all(|b| b.is_ascii_alphanumeric());
-        if !ok {
+        if !runm_protocol::is_fstype_name(fs) {
             return Err(MountsError::Annotation {
                 name: ANNOTATION_ROOTFS_FSTYPE,
                 message: format!("{fs:?} is not a filesystem type name"),

@@ -10,8 +10,8 @@ mod messages;
 
 pub use framing::{read_frame, write_frame, FrameError, MAX_FRAME_LEN};
 pub use messages::{
-    AgentInfo, ContainerStats, ProcessInfo, ProcessKey, Request, Response, Rootfs, StreamKind,
-    MAX_ID_LEN, MAX_PROCESSES, MAX_TEXT_LEN,
+    is_fstype_name, AgentInfo, ContainerStats, ProcessInfo, ProcessKey, Request, Response, Rootfs,
+    StreamKind, MAX_ID_LEN, MAX_PROCESSES, MAX_TEXT_LEN,
 };
 
 /// Bumped on every incompatible change to the messages.

@@ -120,6 +120,12 @@ pub enum StreamKind {
 }
 
 /// Where the container's root filesystem comes from.
+/// Whether `s` is a plain filesystem type name (`ext4`, `xfs`): what the host accepts
+/// in its annotation and the agent in [`Rootfs::Block`], so no mount options ride along.
+pub fn is_fstype_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 32 && s.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Rootfs {
