@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use runm_tests::bundle::TestBundle;
-use runm_tests::{kvm_unusable_reason, runm_bin, target_profile_dir, TempDir};
+use runm_tests::{runm_bin, target_profile_dir, TempDir};
 
 /// Runs per setup (`FSBENCH_RUNS` overrides), and the setups to run (`FSBENCH_SETUPS`,
 /// comma-separated names as printed; all by default).
@@ -96,11 +96,7 @@ fn run_container(b: &TestBundle, state: &Path, id: &str) -> Option<Figures> {
 }
 
 fn main() {
-    if std::env::args().any(|a| a == "--list") {
-        return;
-    }
-    if let Some(why) = kvm_unusable_reason() {
-        println!("skipped: {why}");
+    if !runm_tests::bench_should_run() {
         return;
     }
     let fsbench = target_profile_dir().join("../x86_64-unknown-linux-gnu/release/fsbench");

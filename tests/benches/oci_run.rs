@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use runm_tests::bundle::TestBundle;
-use runm_tests::{kvm_unusable_reason, runm_bin, TempDir};
+use runm_tests::{runm_bin, TempDir};
 
 const RUNS: usize = 10;
 
@@ -67,11 +67,7 @@ fn phases(log: &std::path::Path) -> BTreeMap<String, f64> {
 }
 
 fn main() {
-    if std::env::args().any(|a| a == "--list") {
-        return;
-    }
-    if let Some(why) = kvm_unusable_reason() {
-        println!("skipped: {why}");
+    if !runm_tests::bench_should_run() {
         return;
     }
     let tmp = TempDir::new("bench-oci");

@@ -107,34 +107,46 @@ pub fn run_runm_in(args: &[&str], deadline: Duration, stdin: Option<&[u8]>) -> O
     }
 }
 
-/// Pids of live processes whose executable is `exe`.
-pub fn processes_running(exe: &Path) -> Vec<u32> {
+/// Pids of live processes for which `keep(pid)` holds.
+fn processes_where(keep: impl Fn(u32) -> bool) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_link(format!("/proc/{pid}/exe"))
-                .map(|p| p == exe)
-                .unwrap_or(false)
-        })
+        .filter(|pid| keep(*pid))
         .collect()
+}
+
+/// Pids of live processes whose executable is `exe`.
+pub fn processes_running(exe: &Path) -> Vec<u32> {
+    processes_where(|pid| {
+        std::fs::read_link(format!("/proc/{pid}/exe"))
+            .map(|p| p == exe)
+            .unwrap_or(false)
+    })
 }
 
 /// Pids of live processes named `comm` (as `/proc/<pid>/comm` has it).
 pub fn processes_named(comm: &str) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .map(|c| c.trim_end() == comm)
-                .unwrap_or(false)
-        })
-        .collect()
+    processes_where(|pid| {
+        std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .map(|c| c.trim_end() == comm)
+            .unwrap_or(false)
+    })
+}
+
+/// Whether a benchmark binary should run: not when cargo only lists benchmarks
+/// (`--list`), nor where no microVM can boot (it says so and is skipped).
+pub fn bench_should_run() -> bool {
+    if std::env::args().any(|a| a == "--list") {
+        return false;
+    }
+    if let Some(why) = kvm_unusable_reason() {
+        println!("skipped: {why}");
+        return false;
+    }
+    true
 }
 
 /// Mount points at or under `dir` in this process's mount namespace.
