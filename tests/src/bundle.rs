@@ -168,7 +168,25 @@ pub struct Detached {
 }
 
 impl Runm {
-    /// Runs `args` with stdout and stderr in files under `dir` (named `name.out`/`.err`).
+    /// Starts `args` with stdout and stderr in files under `dir` (named `name.out`/`.err`).
+    pub fn spawn_to_files(&self, dir: &TempDir, name: &str, args: &[&str]) -> Running {
+        let out_path = dir.join(&format!("{name}.out"));
+        let err_path = dir.join(&format!("{name}.err"));
+        let child = self
+            .command(args)
+            .stdout(std::fs::File::create(&out_path).expect("create stdout file"))
+            .stderr(std::fs::File::create(&err_path).expect("create stderr file"))
+            .spawn()
+            .expect("spawn runm");
+        Running {
+            child,
+            args: format!("{args:?}"),
+            out_path,
+            err_path,
+        }
+    }
+
+    /// Runs `args` to completion with stdout and stderr in files under `dir`.
     pub fn run_detached(
         &self,
         dir: &TempDir,
@@ -176,29 +194,37 @@ impl Runm {
         args: &[&str],
         deadline: Duration,
     ) -> Detached {
-        let out_path = dir.join(&format!("{name}.out"));
-        let err_path = dir.join(&format!("{name}.err"));
-        let mut child = self
-            .command(args)
-            .stdout(std::fs::File::create(&out_path).expect("create stdout file"))
-            .stderr(std::fs::File::create(&err_path).expect("create stderr file"))
-            .spawn()
-            .expect("spawn runm");
-        let start = std::time::Instant::now();
+        self.spawn_to_files(dir, name, args)
+            .wait(std::time::Instant::now() + deadline)
+    }
+}
+
+/// A runm command started by [`Runm::spawn_to_files`].
+#[derive(Debug)]
+pub struct Running {
+    child: std::process::Child,
+    args: String,
+    out_path: PathBuf,
+    err_path: PathBuf,
+}
+
+impl Running {
+    /// Waits for the command to end; kills it and fails the test after `deadline`.
+    pub fn wait(mut self, deadline: std::time::Instant) -> Detached {
         let status = loop {
-            if let Some(s) = child.try_wait().expect("wait for runm") {
+            if let Some(s) = self.child.try_wait().expect("wait for runm") {
                 break s;
             }
-            if start.elapsed() > deadline {
-                let _ = child.kill();
-                panic!("runm {args:?} did not finish within {deadline:?}");
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("runm {} did not finish in time", self.args);
             }
             std::thread::sleep(Duration::from_millis(20));
         };
         Detached {
             status,
-            stdout: std::fs::read_to_string(&out_path).unwrap_or_default(),
-            stderr: std::fs::read_to_string(&err_path).unwrap_or_default(),
+            stdout: std::fs::read_to_string(&self.out_path).unwrap_or_default(),
+            stderr: std::fs::read_to_string(&self.err_path).unwrap_or_default(),
         }
     }
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use runm_tests::bundle::{Runm, TestBundle};
+use runm_tests::bundle::{Runm, Running, TestBundle};
 use runm_tests::*;
 
 /// Boots in the emulated test host take seconds; a whole command well under this.
@@ -35,41 +35,12 @@ fn assert_clean(runm: &Runm, tmp: &TempDir) {
     assert_eq!(mounts_under(&tmp.0), Vec::<String>::new(), "mounts left");
 }
 
-/// `runm run` in the background, its output in files under `tmp`.
-struct Background {
-    child: std::process::Child,
-    out: std::path::PathBuf,
-    err: std::path::PathBuf,
-}
-
-impl Background {
-    fn run(runm: &Runm, tmp: &TempDir, b: &TestBundle, id: &str) -> Self {
-        let out = tmp.join(&format!("{id}.out"));
-        let err = tmp.join(&format!("{id}.err"));
-        let child = runm
-            .command(&["run", "--bundle", b.path(), id])
-            .stdout(std::fs::File::create(&out).unwrap())
-            .stderr(std::fs::File::create(&err).unwrap())
-            .spawn()
-            .unwrap();
-        Self { child, out, err }
-    }
-
-    /// Waits for `run` to end (a test failure after `deadline`); asserts it exited 0 and
-    /// returns its stdout.
-    fn finish(mut self, deadline: Instant) -> String {
-        let status = loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                break s;
-            }
-            assert!(Instant::now() < deadline, "run did not end");
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        let out = std::fs::read_to_string(&self.out).unwrap();
-        let err = std::fs::read_to_string(&self.err).unwrap();
-        assert_eq!(status.code(), Some(0), "{out}\n{err}");
-        out
-    }
+/// Waits for a `runm run` started with `spawn_to_files`; asserts it exited 0 and returns
+/// its stdout.
+fn finish(run: Running, deadline: Instant) -> String {
+    let done = run.wait(deadline);
+    assert_eq!(done.status.code(), Some(0), "{done:?}");
+    done.stdout
 }
 
 /// Waits until `path` exists.
@@ -105,12 +76,12 @@ fn container_and_host_see_each_others_writes_in_the_rootfs() {
     let b = TestBundle::busybox(&tmp, "b", &["sh", "-c", script]);
     let rootfs = b.dir.join("rootfs");
     std::fs::write(rootfs.join("from-host"), "written-on-host\n").unwrap();
-    let run = Background::run(&runm, &tmp, &b, "fs-rw");
+    let run = runm.spawn_to_files(&tmp, "fs-rw", &["run", "--bundle", b.path(), "fs-rw"]);
     // The guest's write shows on the host while the container runs.
     let deadline = Instant::now() + T;
     wait_for(&rootfs.join("dir/sub/f"), deadline);
     std::fs::write(rootfs.join("late"), "created-on-host-during-the-run\n").unwrap();
-    let out = run.finish(deadline);
+    let out = finish(run, deadline);
     assert!(out.contains("written-on-host"), "{out}");
     assert!(out.contains("created-on-host-during-the-run"), "{out}");
     assert_eq!(
@@ -193,13 +164,17 @@ fn path_escapes_never_reach_host_files_outside_the_shared_tree() {
     let b = TestBundle::busybox(&tmp, "b", &["sh", "-c", &script]);
     let rootfs = b.dir.join("rootfs");
     std::fs::create_dir_all(rootfs.join("swap")).unwrap();
-    let run = Background::run(&runm, &tmp, &b, "fs-escape");
+    let run = runm.spawn_to_files(
+        &tmp,
+        "fs-escape",
+        &["run", "--bundle", b.path(), "fs-escape"],
+    );
     let deadline = Instant::now() + T;
     wait_for(&rootfs.join("ready"), deadline);
     // Swap the directory the container writes into for a symlink to the host's secret.
     std::fs::remove_dir_all(rootfs.join("swap")).unwrap();
     std::os::unix::fs::symlink(&outside, rootfs.join("swap")).unwrap();
-    let out = run.finish(deadline);
+    let out = finish(run, deadline);
     assert!(out.contains("done"), "{out}");
     assert!(!out.contains("LEAK"), "{out}");
     assert_eq!(
