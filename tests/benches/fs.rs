@@ -125,14 +125,7 @@ fn main() {
     // Block: an ext4 image of the same rootfs, with room for the workload.
     let blk = bundle(&tmp, "blk", &fsbench, &input);
     let image: PathBuf = tmp.join("root.img");
-    let mkfs = Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-d"])
-        .arg(blk.dir.join("rootfs"))
-        .arg(&image)
-        .arg("1G")
-        .status()
-        .expect("mkfs.ext4");
-    assert!(mkfs.success());
+    runm_tests::make_ext4_image(&blk.dir.join("rootfs"), &image, "1G");
     let mut blk = blk;
     blk.edit(|c| c["annotations"] = serde_json::json!({"io.runm.rootfs.block": image}));
 

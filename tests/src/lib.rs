@@ -149,6 +149,18 @@ pub fn bench_should_run() -> bool {
     true
 }
 
+/// Makes `image` (`size`, e.g. `64M`) an ext4 filesystem holding a copy of `from`.
+pub fn make_ext4_image(from: &Path, image: &Path, size: &str) {
+    let out = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(from)
+        .arg(image)
+        .arg(size)
+        .output()
+        .expect("mkfs.ext4 (apt install e2fsprogs)");
+    assert!(out.status.success(), "mkfs.ext4: {}", describe(&out));
+}
+
 /// Mount points at or under `dir` in this process's mount namespace.
 pub fn mounts_under(dir: &Path) -> Vec<String> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();

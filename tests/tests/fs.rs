@@ -4,7 +4,7 @@
 //! leave no process, mount or state behind.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use runm_tests::bundle::{Runm, Running, TestBundle};
@@ -239,14 +239,7 @@ fn a_block_image_rootfs_runs_beside_a_shared_bind_mount() {
     );
     std::fs::write(b.dir.join("rootfs/marker"), "inside-the-image\n").unwrap();
     let image = tmp.join("root.img");
-    let mkfs = Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-d"])
-        .arg(b.dir.join("rootfs"))
-        .arg(&image)
-        .arg("64M")
-        .output()
-        .expect("mkfs.ext4 (apt install e2fsprogs)");
-    assert!(mkfs.status.success(), "{}", describe(&mkfs));
+    make_ext4_image(&b.dir.join("rootfs"), &image, "64M");
     // The image, not the directory, must be what the container sees.
     std::fs::remove_dir_all(b.dir.join("rootfs")).unwrap();
     b.edit(|c| {
