@@ -183,6 +183,7 @@ impl Runm {
             args: format!("{args:?}"),
             out_path,
             err_path,
+            state_root: self.root.clone(),
         }
     }
 
@@ -206,9 +207,54 @@ pub struct Running {
     args: String,
     out_path: PathBuf,
     err_path: PathBuf,
+    state_root: PathBuf,
 }
 
 impl Running {
+    /// Waits until `path` exists; fails the test, with what runm and the guest said so far,
+    /// if the command ends first or `deadline` passes.
+    pub fn wait_for_path(&mut self, path: &Path, deadline: std::time::Instant) {
+        while !path.exists() {
+            if let Some(status) = self.child.try_wait().expect("wait for runm") {
+                panic!(
+                    "runm {} ended ({status}) before {} appeared\n{}",
+                    self.args,
+                    path.display(),
+                    self.said()
+                );
+            }
+            if std::time::Instant::now() > deadline {
+                let said = self.said();
+                let _ = self.child.kill();
+                panic!("{} never appeared\n{said}", path.display());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The command's output so far and the tails of its containers' logs (guest console,
+    /// virtiofsd), to explain a failure.
+    fn said(&self) -> String {
+        let mut all = format!(
+            "runm stdout: {}\nrunm stderr: {}",
+            std::fs::read_to_string(&self.out_path).unwrap_or_default(),
+            std::fs::read_to_string(&self.err_path).unwrap_or_default()
+        );
+        let dirs = std::fs::read_dir(&self.state_root).into_iter().flatten();
+        for dir in dirs.filter_map(|e| e.ok()).map(|e| e.path()) {
+            for log in ["console.log", "virtiofsd.log"] {
+                let text = std::fs::read_to_string(dir.join(log)).unwrap_or_default();
+                let lines: Vec<_> = text.lines().collect();
+                let tail = lines[lines.len().saturating_sub(30)..].join("\n");
+                all += &format!(
+                    "\n--- {} (last 30 lines) ---\n{tail}",
+                    dir.join(log).display()
+                );
+            }
+        }
+        all
+    }
+
     /// Waits for the command to end; kills it and fails the test after `deadline`.
     pub fn wait(mut self, deadline: std::time::Instant) -> Detached {
         let status = loop {
@@ -216,8 +262,9 @@ impl Running {
                 break s;
             }
             if std::time::Instant::now() > deadline {
+                let said = self.said();
                 let _ = self.child.kill();
-                panic!("runm {} did not finish in time", self.args);
+                panic!("runm {} did not finish in time\n{said}", self.args);
             }
             std::thread::sleep(Duration::from_millis(20));
         };

@@ -43,18 +43,6 @@ fn finish(run: Running, deadline: Instant) -> String {
     done.stdout
 }
 
-/// Waits until `path` exists.
-fn wait_for(path: &Path, deadline: Instant) {
-    while !path.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "{} never appeared",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn bind(dest: &str, source: &Path, options: &[&str]) -> serde_json::Value {
     serde_json::json!({
         "destination": dest,
@@ -76,10 +64,10 @@ fn container_and_host_see_each_others_writes_in_the_rootfs() {
     let b = TestBundle::busybox(&tmp, "b", &["sh", "-c", script]);
     let rootfs = b.dir.join("rootfs");
     std::fs::write(rootfs.join("from-host"), "written-on-host\n").unwrap();
-    let run = runm.spawn_to_files(&tmp, "fs-rw", &["run", "--bundle", b.path(), "fs-rw"]);
+    let mut run = runm.spawn_to_files(&tmp, "fs-rw", &["run", "--bundle", b.path(), "fs-rw"]);
     // The guest's write shows on the host while the container runs.
     let deadline = Instant::now() + T;
-    wait_for(&rootfs.join("dir/sub/f"), deadline);
+    run.wait_for_path(&rootfs.join("dir/sub/f"), deadline);
     std::fs::write(rootfs.join("late"), "created-on-host-during-the-run\n").unwrap();
     let out = finish(run, deadline);
     assert!(out.contains("written-on-host"), "{out}");
@@ -164,13 +152,13 @@ fn path_escapes_never_reach_host_files_outside_the_shared_tree() {
     let b = TestBundle::busybox(&tmp, "b", &["sh", "-c", &script]);
     let rootfs = b.dir.join("rootfs");
     std::fs::create_dir_all(rootfs.join("swap")).unwrap();
-    let run = runm.spawn_to_files(
+    let mut run = runm.spawn_to_files(
         &tmp,
         "fs-escape",
         &["run", "--bundle", b.path(), "fs-escape"],
     );
     let deadline = Instant::now() + T;
-    wait_for(&rootfs.join("ready"), deadline);
+    run.wait_for_path(&rootfs.join("ready"), deadline);
     // Swap the directory the container writes into for a symlink to the host's secret.
     std::fs::remove_dir_all(rootfs.join("swap")).unwrap();
     std::os::unix::fs::symlink(&outside, rootfs.join("swap")).unwrap();

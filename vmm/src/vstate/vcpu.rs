@@ -142,6 +142,31 @@ impl Vcpu {
         Ok(())
     }
 
+    /// The registers that place a guest crash: instruction and stack pointers, the page
+    /// table root, the descriptor tables, the mode.
+    fn where_now(&self) -> String {
+        let (Ok(r), Ok(s)) = (self.fd.get_regs(), self.fd.get_sregs()) else {
+            return "its registers cannot be read".into();
+        };
+        format!(
+            "rip={:#x} rsp={:#x} rflags={:#x} cs={:#x} cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} \
+             efer={:#x} idt={:#x}/{:#x} gdt={:#x}/{:#x}",
+            r.rip,
+            r.rsp,
+            r.rflags,
+            s.cs.selector,
+            s.cr0,
+            s.cr2,
+            s.cr3,
+            s.cr4,
+            s.efer,
+            s.idt.base,
+            s.idt.limit,
+            s.gdt.base,
+            s.gdt.limit
+        )
+    }
+
     /// Runs the vCPU until the guest stops it, KVM fails, or `stop` is set and the thread
     /// is kicked; says why.
     pub fn run(mut self, buses: &IoBuses, stop: &AtomicBool) -> VcpuExited {
@@ -167,7 +192,16 @@ impl Vcpu {
                     exits.count("mmio-write", addr);
                     buses.mmio.write(addr, data);
                 }
-                Ok(VcpuExit::Shutdown) => break VcpuStop::Shutdown,
+                Ok(VcpuExit::Shutdown) => {
+                    // runm guests reboot through the i8042 (`reboot=k`), so a triple fault is a
+                    // guest crash: where it happened is the first thing to debug it.
+                    log::warn!(
+                        "vCPU {}: the guest triple-faulted; {}",
+                        self.id,
+                        self.where_now()
+                    );
+                    break VcpuStop::Shutdown;
+                }
                 Ok(VcpuExit::Hlt) => break VcpuStop::Failed("vCPU halted".into()),
                 Ok(VcpuExit::FailEntry(reason, cpu)) => {
                     break VcpuStop::Failed(format!(
