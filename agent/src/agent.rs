@@ -184,6 +184,7 @@ impl Agent {
                 self.procs.remove(&key);
                 let rootfs = bundle.join("rootfs");
                 let _ = umount2(&rootfs, MntFlags::MNT_DETACH);
+                crate::copyup::cleanup(&bundle);
                 let _ = std::fs::remove_dir_all(&bundle);
                 self.containers().remove(id);
                 Err(e)
@@ -195,7 +196,7 @@ impl Agent {
         &self,
         id: &str,
         bundle: &Path,
-        config: serde_json::Value,
+        mut config: serde_json::Value,
         rootfs: &Rootfs,
         terminal: bool,
         key: &ProcessKey,
@@ -204,6 +205,7 @@ impl Agent {
         std::fs::create_dir_all(&target)
             .map_err(|e| format!("cannot create {}: {e}", target.display()))?;
         crate::rootfs::mount_rootfs(rootfs, &target).map_err(|e| e.to_string())?;
+        crate::copyup::prepare(&mut config, &target, bundle).map_err(|e| e.to_string())?;
         let config_path = bundle.join("config.json");
         let json = serde_json::to_vec_pretty(&config).map_err(|e| format!("config.json: {e}"))?;
         std::fs::write(&config_path, json)

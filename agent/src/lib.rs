@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod cgroup;
+pub mod copyup;
 pub mod debug;
 pub mod helper;
 pub mod init;

@@ -96,7 +96,8 @@ fn read_only_rootfs_and_bind_mounts_refuse_writes_and_read_write_ones_accept_the
         echo x > /probe 2>/dev/null && echo root-WRITABLE || echo root-refused; \
         echo x > /ro/new 2>/dev/null && echo ro-WRITABLE || echo ro-refused; \
         echo x > /etc/single 2>/dev/null && echo file-WRITABLE || echo file-refused; \
-        echo from-guest > /rw/new && echo rw-accepted";
+        echo from-guest > /rw/new && echo rw-accepted; \
+        cat /var/cache/image-file; echo x > /var/cache/new && echo copyup-writable";
     let mut b = TestBundle::busybox(&tmp, "b", &["sh", "-c", script]);
     b.edit(|c| {
         c["root"]["readonly"] = true.into();
@@ -104,8 +105,19 @@ fn read_only_rootfs_and_bind_mounts_refuse_writes_and_read_write_ones_accept_the
         mounts.push(bind("/ro", &ro, &["rbind", "ro"]));
         mounts.push(bind("/rw", &rw, &["rbind", "rw"]));
         mounts.push(bind("/etc/single", &file, &["bind", "ro"]));
+        // runc's `tmpcopyup` (podman --read-only): a tmpfs holding a copy of the image's dir.
+        mounts.push(
+            serde_json::json!({"destination": "/var/cache", "type": "tmpfs",
+            "source": "tmpfs", "options": ["rw", "nosuid", "tmpcopyup", "size=1m"]}),
+        );
     });
     std::fs::write(b.dir.join("rootfs/etc/single"), "").unwrap();
+    std::fs::create_dir_all(b.dir.join("rootfs/var/cache")).unwrap();
+    std::fs::write(
+        b.dir.join("rootfs/var/cache/image-file"),
+        "from-the-image\n",
+    )
+    .unwrap();
     let out = run_ok(&runm, &b, "fs-ro");
     for want in [
         "ro-content",
@@ -114,11 +126,14 @@ fn read_only_rootfs_and_bind_mounts_refuse_writes_and_read_write_ones_accept_the
         "ro-refused",
         "file-refused",
         "rw-accepted",
+        "from-the-image",
+        "copyup-writable",
     ] {
         assert!(out.contains(want), "{want} missing from:\n{out}");
     }
     assert!(!b.dir.join("rootfs/probe").exists());
     assert!(!ro.join("new").exists());
+    assert!(!b.dir.join("rootfs/var/cache/new").exists());
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "file-content\n");
     assert_eq!(
         std::fs::read_to_string(rw.join("new")).unwrap(),
