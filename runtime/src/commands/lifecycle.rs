@@ -12,7 +12,7 @@ use crate::cli::{DeleteArgs, GlobalOpts, IdArg, KillArgs};
 use crate::hooks::{self, HookPoint};
 use crate::host;
 use crate::spec::Bundle;
-use crate::state::{Locked, Root, Status};
+use crate::state::{Locked, Root, StateError, Status};
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a killed host process may take to go.
@@ -63,13 +63,25 @@ pub fn kill_cmd(global: &GlobalOpts, args: &KillArgs) -> anyhow::Result<i32> {
 }
 
 pub fn delete(global: &GlobalOpts, args: &DeleteArgs) -> anyhow::Result<i32> {
-    delete_container(global, &args.id, args.force)?;
-    Ok(0)
+    match delete_container(global, &args.id, args.force) {
+        // As runc: `delete --force` of a container that does not exist succeeds, so that
+        // clients (conmon, the containerd shim) can clean up after a failed create.
+        Err(e) if args.force && matches!(e.downcast_ref(), Some(StateError::NotFound(_))) => Ok(0),
+        Err(e) => Err(e),
+        Ok(()) => Ok(0),
+    }
 }
 
 pub fn delete_container(global: &GlobalOpts, id: &str, force: bool) -> anyhow::Result<()> {
     let locked = Root::new(&global.root).lock(id)?;
-    let state = locked.load()?;
+    let state = match locked.load() {
+        // A directory without a state: a create that was aborted; nothing runs there.
+        Err(StateError::NotFound(id)) => {
+            locked.remove()?;
+            return Err(StateError::NotFound(id).into());
+        }
+        other => other?,
+    };
     match state.status {
         // runc deletes a created container: its process never ran.
         Status::Stopped | Status::Created | Status::Creating => {}
