@@ -10,6 +10,27 @@ use crate::{run_runm_in, runm_bin, TempDir};
 /// The static busybox the rootfs is made of (Debian's busybox-static).
 const BUSYBOX: &str = "/bin/busybox";
 
+/// Makes `rootfs` a minimal root filesystem: Debian's static busybox with a link for
+/// each of its applets in `/bin`, the usual top-level directories, and a root user.
+pub fn busybox_rootfs(rootfs: &Path) {
+    let bin = rootfs.join("bin");
+    std::fs::create_dir_all(&bin).expect("create rootfs");
+    for d in ["proc", "sys", "dev", "tmp", "etc", "root"] {
+        std::fs::create_dir_all(rootfs.join(d)).expect("create rootfs dir");
+    }
+    std::fs::copy(BUSYBOX, bin.join("busybox")).expect("copy busybox (apt install busybox-static)");
+    let list = Command::new(BUSYBOX)
+        .arg("--list")
+        .output()
+        .expect("busybox --list");
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        let _ = std::os::unix::fs::symlink("busybox", bin.join(applet));
+    }
+    let etc = rootfs.join("etc");
+    std::fs::write(etc.join("passwd"), "root:x:0:0:root:/root:/bin/sh\n").expect("write passwd");
+    std::fs::write(etc.join("group"), "root:x:0:\n").expect("write group");
+}
+
 /// A bundle directory: `config.json` and a busybox `rootfs/`.
 #[derive(Debug)]
 pub struct TestBundle {
@@ -21,20 +42,7 @@ impl TestBundle {
     /// A bundle under `parent` running `args`, from runm's default spec.
     pub fn busybox(parent: &TempDir, name: &str, args: &[&str]) -> Self {
         let dir = parent.join(name);
-        let bin = dir.join("rootfs/bin");
-        std::fs::create_dir_all(&bin).expect("create rootfs");
-        for d in ["proc", "sys", "dev", "tmp", "etc", "root"] {
-            std::fs::create_dir_all(dir.join("rootfs").join(d)).expect("create rootfs dir");
-        }
-        std::fs::copy(BUSYBOX, bin.join("busybox"))
-            .expect("copy busybox (apt install busybox-static)");
-        let list = Command::new(BUSYBOX)
-            .arg("--list")
-            .output()
-            .expect("busybox --list");
-        for applet in String::from_utf8_lossy(&list.stdout).lines() {
-            let _ = std::os::unix::fs::symlink("busybox", bin.join(applet));
-        }
+        busybox_rootfs(&dir.join("rootfs"));
         let out = Command::new(runm_bin())
             .args(["spec", "--bundle"])
             .arg(&dir)

@@ -7,6 +7,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 pub mod bundle;
+pub mod clients;
 
 /// The agent's banner, as far as it does not depend on the kernel.
 pub const BANNER_PREFIX: &str = "runm-agent ready (kernel ";
@@ -76,8 +77,16 @@ pub fn run_runm(args: &[&str], deadline: Duration) -> Output {
 
 /// Runs `runm ARGS` with `stdin` (or an empty stdin), killing it after `deadline`.
 pub fn run_runm_in(args: &[&str], deadline: Duration, stdin: Option<&[u8]>) -> Output {
-    let mut child = Command::new(runm_bin())
-        .args(args)
+    let mut cmd = Command::new(runm_bin());
+    cmd.args(args);
+    run_command(cmd, deadline, stdin)
+}
+
+/// Runs `cmd` to completion with `stdin` (or an empty stdin), its output captured;
+/// kills it and fails the test after `deadline`.
+pub fn run_command(mut cmd: Command, deadline: Duration, stdin: Option<&[u8]>) -> Output {
+    let what = format!("{cmd:?}");
+    let mut child = cmd
         .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {
@@ -86,7 +95,7 @@ pub fn run_runm_in(args: &[&str], deadline: Duration, stdin: Option<&[u8]>) -> O
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn runm");
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
     if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
         let data = data.to_vec();
         std::thread::spawn(move || {
@@ -99,10 +108,10 @@ pub fn run_runm_in(args: &[&str], deadline: Duration, stdin: Option<&[u8]>) -> O
         let _ = tx.send(child.wait_with_output());
     });
     match rx.recv_timeout(deadline) {
-        Ok(out) => out.expect("wait for runm"),
+        Ok(out) => out.unwrap_or_else(|e| panic!("cannot wait for {what}: {e}")),
         Err(_) => {
             let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            panic!("runm {args:?} did not finish within {deadline:?}");
+            panic!("{what} did not finish within {deadline:?}");
         }
     }
 }

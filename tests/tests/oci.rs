@@ -455,6 +455,9 @@ fn bad_input_is_named_and_leaves_nothing_behind() {
             describe(&out)
         );
     }
+    // As runc: clients clean up after a failed create with `delete --force`.
+    let out = runm.run(&["delete", "--force", "nope"], T);
+    assert!(out.status.success(), "{}", describe(&out));
 
     // The guest's refusal comes back as a clear message, and nothing is left.
     let b = TestBundle::busybox(&tmp, "b3", &["/bin/nonexistent"]);
