@@ -65,15 +65,29 @@ impl Check {
 fn render(checks: &[Check]) -> String {
     let mut out = String::new();
     for check in checks {
+        let subject = check.subject;
         match &check.verdict {
-            Verdict::Ok(detail) => out.push_str(&format!("ok    {}: {detail}\n", check.subject)),
+            Verdict::Ok(detail) => {
+                out.push_str(&format!("ok    {subject}: {}\n", one_line(detail)))
+            }
             Verdict::Fail { problem, hint } => out.push_str(&format!(
-                "FAIL  {}: {problem}\n      -> {hint}\n",
-                check.subject
+                "FAIL  {subject}: {}\n      -> {}\n",
+                one_line(problem),
+                one_line(hint)
             )),
         }
     }
     out
+}
+
+/// `text` with its lines (an error from elsewhere may have several) joined by spaces.
+fn one_line(text: &str) -> String {
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    lines.join(" ")
 }
 
 fn exit_status(checks: &[Check]) -> i32 {
@@ -501,6 +515,21 @@ ok    state root: /run/runm does not exist yet; it can be created in /run
         assert_eq!(exit_status(&checks), 1);
         // One line per check, and one hint line per failure.
         assert_eq!(report.lines().count(), checks.len() + 1);
+    }
+
+    #[test]
+    fn a_message_of_several_lines_is_reported_on_one() {
+        let mut facts = good_host();
+        facts.virtiofsd.found = Probed::Unusable {
+            path: "/v".into(),
+            error: "`/v --version` failed (exit status: 1): first\n  second\n".into(),
+        };
+        let report = render(&judge(&facts));
+        assert!(
+            report.contains("FAIL  virtiofsd: /v: `/v --version` failed (exit status: 1): first second\n      -> "),
+            "{report}"
+        );
+        assert_eq!(report.lines().count(), 8, "{report}");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use nix::errno::Errno;
 use nix::unistd::{AccessFlags, Gid, Group, Uid, User};
 
 use super::{Setting, INITRD, KERNEL, VIRTIOFSD};
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::guest_assets::{self, Asset, LocateError};
 
 pub(super) const KVM_DEVICE: &str = "/dev/kvm";
@@ -112,7 +112,7 @@ impl Facts {
         let config_path = Config::path();
         let (error, file) = match Config::from_file(&config_path) {
             Ok(file) => (None, file),
-            Err(e) => (Some(e.to_string()), Config::default()),
+            Err(e) => (Some(config_error(&e)), Config::default()),
         };
         let config = ConfigFacts {
             exists: config_path.exists(),
@@ -142,6 +142,22 @@ impl Facts {
             euid: Uid::effective().as_raw(),
             state_root: probe_state_root(state_root),
         }
+    }
+}
+
+/// A settings-file error on one line: TOML's message and the line it is about, without
+/// the excerpt of the file TOML's own message shows below.
+fn config_error(e: &ConfigError) -> String {
+    match e {
+        ConfigError::Parse { path, source } => {
+            let line = source.span().and_then(|span| {
+                let text = std::fs::read_to_string(path).ok()?;
+                Some(text.get(..span.start)?.matches('\n').count() + 1)
+            });
+            let at = line.map(|l| format!(" line {l}")).unwrap_or_default();
+            format!("{}{at}: {}", path.display(), source.message().trim())
+        }
+        ConfigError::Read { .. } => e.to_string(),
     }
 }
 
@@ -308,6 +324,25 @@ mod tests {
         assert_eq!(facts.existing, Path::new("/proc"));
         let facts = probe_state_root(Path::new("no-such-relative-dir"));
         assert_eq!(facts.existing, Path::new("."));
+    }
+
+    #[test]
+    fn a_config_files_error_is_one_line_naming_the_line() {
+        let dir = std::env::temp_dir().join(format!("runm-check-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.toml");
+        std::fs::write(&path, "kernel = \"/k\"\n\nkernal = \"/k\"\n").unwrap();
+        let e = Config::from_file(&path).unwrap_err();
+        let text = config_error(&e);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            text.starts_with(&format!(
+                "{} line 3: unknown field `kernal`",
+                path.display()
+            )),
+            "{text}"
+        );
+        assert!(!text.contains('\n'), "{text}");
     }
 
     #[test]
