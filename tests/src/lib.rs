@@ -1,6 +1,7 @@
 //! Helpers shared by runm's integration tests: find the built binaries, check that this
 //! machine can boot a microVM, run `runm` with a deadline, and look for leftovers.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard};
@@ -76,7 +77,24 @@ pub fn run_runm(args: &[&str], deadline: Duration) -> Output {
 
 /// Runs `runm ARGS` with `stdin` (or an empty stdin), killing it after `deadline`.
 pub fn run_runm_in(args: &[&str], deadline: Duration, stdin: Option<&[u8]>) -> Output {
-    let mut child = Command::new(runm_bin())
+    run_runm_with(&mut Command::new(runm_bin()), args, deadline, stdin)
+}
+
+/// Runs `runm ARGS` with `env` added to its environment, killing it after `deadline`.
+pub fn run_runm_env(args: &[&str], env: &[(&str, &OsStr)], deadline: Duration) -> Output {
+    let mut command = Command::new(runm_bin());
+    command.envs(env.iter().copied());
+    run_runm_with(&mut command, args, deadline, None)
+}
+
+/// Runs `command` (runm) with `ARGS` and `stdin`, killing it after `deadline`.
+fn run_runm_with(
+    command: &mut Command,
+    args: &[&str],
+    deadline: Duration,
+    stdin: Option<&[u8]>,
+) -> Output {
+    let mut child = command
         .args(args)
         .stdin(if stdin.is_some() {
             Stdio::piped()
