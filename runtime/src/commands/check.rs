@@ -201,7 +201,8 @@ fn judge_kvm(kvm: &KvmFacts, euid: u32) -> Check {
             format!("cannot create a VM: {e}"),
             "see `dmesg` for why KVM refused (another hypervisor may hold VT-x/AMD-V)",
         ),
-        None => Check::fail(S, "no VM was tried", "run `runm check` again"),
+        // Not tried, which only an access failure (reported above) explains.
+        None => Check::fail(S, "cannot be opened", "run runm as root"),
     }
 }
 
@@ -269,7 +270,7 @@ fn judge_asset<T>(
     facts: &AssetFacts<T>,
     setting: Setting,
     config: &Path,
-    judge_found: impl Fn(&Path, &T) -> Result<String, String>,
+    judge_found: impl Fn(&T) -> Result<String, String>,
 ) -> Check {
     let hint = || asset_hint(setting, facts.origin, config);
     match &facts.found {
@@ -283,7 +284,7 @@ fn judge_asset<T>(
             format!("{}: {error}", path.display()),
             format!("make {} usable by this user, or {}", path.display(), hint()),
         ),
-        Probed::Usable { path, info } => match judge_found(path, info) {
+        Probed::Usable { path, info } => match judge_found(info) {
             Ok(detail) => Check::ok(subject, format!("{} ({detail})", path.display())),
             Err(problem) => Check::fail(subject, format!("{} {problem}", path.display()), hint()),
         },
@@ -291,7 +292,7 @@ fn judge_asset<T>(
 }
 
 fn judge_kernel(kernel: &AssetFacts<FileHead>, config: &Path) -> Check {
-    judge_asset("guest kernel", kernel, KERNEL, config, |_, head| {
+    judge_asset("guest kernel", kernel, KERNEL, config, |head| {
         if head.magic == ELF_MAGIC {
             Ok("ELF".into())
         } else {
@@ -305,7 +306,7 @@ fn judge_kernel(kernel: &AssetFacts<FileHead>, config: &Path) -> Check {
 }
 
 fn judge_initramfs(initramfs: &AssetFacts<FileHead>, config: &Path) -> Check {
-    judge_asset("guest initramfs", initramfs, INITRD, config, |_, head| {
+    judge_asset("guest initramfs", initramfs, INITRD, config, |head| {
         if head.size == 0 {
             Err("is empty".into())
         } else {
@@ -315,7 +316,7 @@ fn judge_initramfs(initramfs: &AssetFacts<FileHead>, config: &Path) -> Check {
 }
 
 fn judge_virtiofsd(virtiofsd: &AssetFacts<String>, config: &Path) -> Check {
-    judge_asset("virtiofsd", virtiofsd, VIRTIOFSD, config, |_, version| {
+    judge_asset("virtiofsd", virtiofsd, VIRTIOFSD, config, |version| {
         // The Rust virtiofsd says `virtiofsd 1.14.0`; QEMU's older C one (still in some
         // distributions' /usr/lib/qemu) says `virtiofsd version 7.2.22 (...)` and takes
         // none of runm's options.
