@@ -239,6 +239,8 @@ pub enum Command {
     Events(EventsArgs),
     /// Print what this runtime supports (JSON).
     Features,
+    /// Check whether this host can run runm, and say what to do where it cannot.
+    Check,
     /// The host process that owns a container's microVM (spawned by create).
     #[command(hide = true)]
     Sandbox(SandboxArgs),
@@ -322,6 +324,7 @@ mod tests {
             &["runm", "exec", "-t", "c1", "sh", "-c", "ls -l"],
             &["runm", "kill", "--all", "c1", "KILL"],
             &["runm", "--systemd-cgroup", "delete", "-f", "c1"],
+            &["runm", "--root", "/r", "check"],
         ] {
             Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
         }

@@ -16,6 +16,12 @@ use std::time::Duration;
 use serde::Deserialize;
 
 const DEFAULT_PATH: &str = "/etc/runm/config.toml";
+/// Names another settings file.
+pub const ENV_CONFIG: &str = "RUNM_CONFIG";
+/// Override `kernel`, `initrd` and `virtiofsd`.
+pub const ENV_KERNEL: &str = "RUNM_KERNEL";
+pub const ENV_INITRD: &str = "RUNM_INITRD";
+pub const ENV_VIRTIOFSD: &str = "RUNM_VIRTIOFSD";
 const DEFAULT_BOOT_TIMEOUT_SECS: u64 = 120;
 
 #[derive(Debug, thiserror::Error)]
@@ -44,23 +50,33 @@ pub struct Config {
 
 impl Config {
     pub fn load() -> Result<Self, ConfigError> {
-        let path = std::env::var_os("RUNM_CONFIG")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_PATH));
-        let mut config = Self::from_file(&path)?;
-        if let Some(k) = std::env::var_os("RUNM_KERNEL") {
-            config.kernel = Some(k.into());
-        }
-        if let Some(i) = std::env::var_os("RUNM_INITRD") {
-            config.initrd = Some(i.into());
-        }
-        if let Some(v) = std::env::var_os("RUNM_VIRTIOFSD") {
-            config.virtiofsd = Some(v.into());
-        }
+        let mut config = Self::from_file(&Self::path())?;
+        config.apply_env();
         Ok(config)
     }
 
-    fn from_file(path: &Path) -> Result<Self, ConfigError> {
+    /// The settings file: `$RUNM_CONFIG`, else `/etc/runm/config.toml`.
+    pub fn path() -> PathBuf {
+        std::env::var_os(ENV_CONFIG)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_PATH))
+    }
+
+    /// Lets the environment override the file's paths.
+    pub fn apply_env(&mut self) {
+        if let Some(k) = std::env::var_os(ENV_KERNEL) {
+            self.kernel = Some(k.into());
+        }
+        if let Some(i) = std::env::var_os(ENV_INITRD) {
+            self.initrd = Some(i.into());
+        }
+        if let Some(v) = std::env::var_os(ENV_VIRTIOFSD) {
+            self.virtiofsd = Some(v.into());
+        }
+    }
+
+    /// The settings in `path` alone (no environment); defaults if it does not exist.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),

@@ -5,7 +5,28 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context};
+#[derive(Debug, thiserror::Error)]
+pub enum LocateError {
+    #[error("{} {}: no such file", .asset.what(), .path.display())]
+    NoSuchFile { asset: Asset, path: PathBuf },
+    #[error(
+        "no {} found (looked in {}); run `make`, or pass its path",
+        .asset.what(),
+        path_list(.searched)
+    )]
+    NotFound {
+        asset: Asset,
+        searched: Vec<PathBuf>,
+    },
+    #[error("cannot find the runm executable's path: {0}")]
+    CurrentExe(std::io::Error),
+}
+
+/// `paths` as a comma-separated list.
+pub fn path_list(paths: &[PathBuf]) -> String {
+    let shown: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    shown.join(", ")
+}
 
 #[derive(Debug, Clone, Copy)]
 pub enum Asset {
@@ -57,27 +78,25 @@ fn default_dirs(asset: Asset, exe: &Path) -> Vec<PathBuf> {
 }
 
 /// Returns `explicit` if given (it must exist), else the first default that exists.
-pub fn locate(asset: Asset, explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+pub fn locate(asset: Asset, explicit: Option<PathBuf>) -> Result<PathBuf, LocateError> {
     if let Some(path) = explicit {
         if !path.is_file() {
-            bail!("{} {}: no such file", asset.what(), path.display());
+            return Err(LocateError::NoSuchFile { asset, path });
         }
         return Ok(path);
     }
-    let exe = std::env::current_exe().context("cannot find the runm executable's path")?;
+    let exe = std::env::current_exe().map_err(LocateError::CurrentExe)?;
     let candidates: Vec<PathBuf> = default_dirs(asset, &exe)
         .into_iter()
         .map(|d| d.join(asset.file_name()))
         .collect();
-    if let Some(found) = candidates.iter().find(|p| p.is_file()) {
-        return Ok(found.clone());
+    match candidates.iter().find(|p| p.is_file()) {
+        Some(found) => Ok(found.clone()),
+        None => Err(LocateError::NotFound {
+            asset,
+            searched: candidates,
+        }),
     }
-    let searched: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
-    bail!(
-        "no {} found (looked in {}); run `make`, or pass its path",
-        asset.what(),
-        searched.join(", ")
-    )
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ fn main() {
     init_logging(&cli.global);
     let g = &cli.global;
     use cli::Command as C;
-    use commands::{create, exec, info, lifecycle};
+    use commands::{check, create, exec, info, lifecycle};
     let result = match cli.command {
         C::Boot(args) => commands::boot::run(args),
         C::Create(args) => create::create(g, &args),
@@ -41,6 +41,7 @@ fn main() {
         C::Resume(args) => lifecycle::resume(g, &args),
         C::Events(args) => info::events(g, &args),
         C::Features => info::features(),
+        C::Check => check::check(g),
         C::Sandbox(args) => Ok(host::run_sandbox(
             &state::Root::new(&g.root),
             &args.id,

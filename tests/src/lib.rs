@@ -1,6 +1,7 @@
 //! Helpers shared by runm's integration tests: find the built binaries, check that this
 //! machine can boot a microVM, run `runm` with a deadline, and look for leftovers.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard};
@@ -80,6 +81,13 @@ pub fn run_runm_in(args: &[&str], deadline: Duration, stdin: Option<&[u8]>) -> O
     let mut cmd = Command::new(runm_bin());
     cmd.args(args);
     run_command(cmd, deadline, stdin)
+}
+
+/// Runs `runm ARGS` with `env` added to its environment, killing it after `deadline`.
+pub fn run_runm_env(args: &[&str], env: &[(&str, &OsStr)], deadline: Duration) -> Output {
+    let mut cmd = Command::new(runm_bin());
+    cmd.args(args).envs(env.iter().copied());
+    run_command(cmd, deadline, None)
 }
 
 /// Runs `cmd` to completion with `stdin` (or an empty stdin), its output captured;
