@@ -66,8 +66,9 @@ fn default_dirs(asset: Asset, exe: &Path) -> Vec<PathBuf> {
             let mut dirs = vec![
                 bin_dir.to_path_buf(),
                 bin_dir.join("../lib/runm"),
+                // Not /usr/lib/qemu: Debian 12's virtiofsd there is QEMU's old C one, which
+                // takes none of the options runm passes.
                 "/usr/libexec".into(),
-                "/usr/lib/qemu".into(),
             ];
             dirs.extend(std::env::split_paths(
                 &std::env::var_os("PATH").unwrap_or_default(),
