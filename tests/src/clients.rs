@@ -1,0 +1,174 @@
+//! The container tools people already use, driving runm unchanged: each with its own
+//! storage and state under a test's temporary directory, and an image made from Debian's
+//! busybox (no registry is reachable from the test host).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use crate::bundle::busybox_rootfs;
+use crate::{describe, run_command, runm_bin, TempDir};
+
+/// The name the busybox image is imported under.
+pub const IMAGE: &str = "localhost/runm-test-busybox:latest";
+
+/// A tarball of a busybox root filesystem (`podman import`, `docker import`).
+pub fn busybox_rootfs_tar(dir: &TempDir) -> PathBuf {
+    let rootfs = dir.join("image-rootfs");
+    busybox_rootfs(&rootfs);
+    let tar = dir.join("busybox-rootfs.tar");
+    let out = Command::new("tar")
+        .arg("-C")
+        .arg(&rootfs)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .output()
+        .expect("run tar");
+    assert!(out.status.success(), "tar: {}", describe(&out));
+    tar
+}
+
+/// A docker-archive (the `docker save` format: `manifest.json`, the image config and one
+/// layer) of the busybox rootfs, tagged [`IMAGE`]: `docker load` and `ctr image import`
+/// both take it.
+pub fn busybox_image_archive(dir: &TempDir) -> PathBuf {
+    let layer = std::fs::read(busybox_rootfs_tar(dir)).expect("read the rootfs tarball");
+    let layer_id = sha256_hex(&layer);
+    let config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {
+            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+            "Cmd": ["sh"],
+        },
+        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{layer_id}")]},
+    })
+    .to_string();
+    let config_name = format!("{}.json", sha256_hex(config.as_bytes()));
+    let layer_name = format!("{layer_id}/layer.tar");
+    let manifest = serde_json::json!([{
+        "Config": config_name,
+        "RepoTags": [IMAGE],
+        "Layers": [layer_name],
+    }]);
+    let staging = dir.join("image-archive");
+    std::fs::create_dir_all(staging.join(&layer_id)).expect("create the archive dir");
+    std::fs::write(staging.join(&layer_name), &layer).expect("write the layer");
+    std::fs::write(staging.join(&config_name), &config).expect("write the image config");
+    std::fs::write(staging.join("manifest.json"), manifest.to_string())
+        .expect("write manifest.json");
+    let archive = dir.join("busybox-image.tar");
+    let out = Command::new("tar")
+        .arg("-C")
+        .arg(&staging)
+        .arg("-cf")
+        .arg(&archive)
+        .args(["manifest.json", &config_name, &layer_id])
+        .output()
+        .expect("run tar");
+    assert!(out.status.success(), "tar: {}", describe(&out));
+    archive
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Fails the test, naming the package, when `tool` is not installed.
+pub fn require_tool(tool: &str, package: &str) {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(tool).is_file()));
+    assert!(
+        found,
+        "{tool} is not installed: `make deps` installs it (Debian package {package})"
+    );
+}
+
+/// podman with its own storage, run root and containers.conf, and runm as its runtime.
+#[derive(Debug)]
+pub struct Podman {
+    dir: PathBuf,
+}
+
+impl Podman {
+    /// A podman whose state lives under `parent`, with the busybox image imported.
+    pub fn new(parent: &TempDir) -> Self {
+        require_tool("podman", "podman");
+        let dir = parent.join("podman");
+        std::fs::create_dir_all(&dir).expect("create the podman dir");
+        // No systemd in the test host: cgroupfs and a file for events.
+        std::fs::write(
+            dir.join("containers.conf"),
+            "[engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n",
+        )
+        .expect("write containers.conf");
+        let podman = Self { dir };
+        let tar = busybox_rootfs_tar(parent);
+        podman.ok(&["import", "--quiet", tar.to_str().unwrap(), IMAGE]);
+        podman
+    }
+
+    /// `podman ARGS` with runm as the runtime.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("podman");
+        c.env("CONTAINERS_CONF", self.dir.join("containers.conf"))
+            .arg("--root")
+            .arg(self.dir.join("storage"))
+            .arg("--runroot")
+            .arg(self.dir.join("run"))
+            .args(["--storage-driver", "overlay", "--runtime"])
+            .arg(runm_bin())
+            .args(args);
+        c
+    }
+
+    /// Runs `podman ARGS` to completion (a test failure after `deadline`).
+    pub fn run(&self, args: &[&str], deadline: Duration) -> Output {
+        run_command(self.command(args), deadline, None)
+    }
+
+    /// Runs `podman ARGS` and asserts it succeeded; returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args, Duration::from_secs(180));
+        assert!(out.status.success(), "podman {args:?}: {}", describe(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Removes every container and image, asserting podman managed to.
+    pub fn clean_up(&self) {
+        self.ok(&["rm", "--all", "--force", "--time", "0"]);
+        self.ok(&["rmi", "--all", "--force"]);
+    }
+}
+
+impl Drop for Podman {
+    /// A failed test's containers go too, so that no overlay mount, runm or virtiofsd
+    /// outlives it.
+    fn drop(&mut self) {
+        let t = Duration::from_secs(120);
+        let _ = run_command(
+            self.command(&["rm", "--all", "--force", "--time", "0"]),
+            t,
+            None,
+        );
+        let _ = run_command(self.command(&["rmi", "--all", "--force"]), t, None);
+    }
+}
+
+/// The kernel release this process runs on: a container in a microVM reports its guest
+/// kernel's instead.
+pub fn host_kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .expect("read /proc/sys/kernel/osrelease")
+        .trim()
+        .to_string()
+}

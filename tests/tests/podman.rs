@@ -1,0 +1,235 @@
+//! podman drives runm unchanged (`podman --runtime runm`): run with its usual options,
+//! a terminal, volumes and limits, detached containers with exec, logs, stop and kill.
+//! Every container runs in a real microVM (its kernel is not the host's).
+
+use std::process::Output;
+use std::time::Duration;
+
+use runm_tests::clients::{host_kernel_release, Podman, IMAGE};
+use runm_tests::*;
+
+/// One podman command: a microVM boot in the emulated test host, and podman's own work.
+const T: Duration = Duration::from_secs(180);
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// `podman run --rm --network none [OPTS] IMAGE CMD...` (runm has no networking yet).
+fn run(podman: &Podman, opts: &[&str], cmd: &[&str]) -> Output {
+    let mut args = vec!["run", "--rm", "--network", "none"];
+    args.extend_from_slice(opts);
+    args.push(IMAGE);
+    args.extend_from_slice(cmd);
+    podman.run(&args, T)
+}
+
+/// `cmd` as one shell command line.
+fn shell_line(cmd: &std::process::Command) -> String {
+    let quote = |s: &std::ffi::OsStr| format!("'{}'", s.to_string_lossy().replace('\'', "'\\''"));
+    let env = cmd
+        .get_envs()
+        .filter_map(|(k, v)| Some(format!("{}={}", k.to_string_lossy(), quote(v?))));
+    let words = std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(quote);
+    env.chain(words).collect::<Vec<_>>().join(" ")
+}
+
+/// Every container, image, runm and virtiofsd gone, no mount left in podman's storage.
+fn assert_clean(podman: &Podman) {
+    podman.clean_up();
+    assert_no_runm_left();
+    assert_eq!(
+        mounts_under(podman.dir()),
+        Vec::<String>::new(),
+        "mounts left"
+    );
+}
+
+#[test]
+fn run_returns_output_and_exit_codes_and_applies_env_workdir_and_user() {
+    require_kvm();
+    let _vm = vm_lock();
+    let tmp = TempDir::new("podman-run");
+    let podman = Podman::new(&tmp);
+
+    let out = run(&podman, &[], &["uname", "-r"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let guest_kernel = text(&out.stdout).trim().to_string();
+    assert!(!guest_kernel.is_empty(), "{}", describe(&out));
+    assert_ne!(
+        guest_kernel,
+        host_kernel_release(),
+        "the container ran on the host's kernel"
+    );
+
+    let out = run(&podman, &[], &["sh", "-c", "echo to-stderr >&2; exit 7"]);
+    assert_eq!(out.status.code(), Some(7), "{}", describe(&out));
+    assert!(
+        text(&out.stderr).contains("to-stderr"),
+        "{}",
+        describe(&out)
+    );
+
+    let opts = ["-e", "FOO=bar", "-w", "/tmp", "-u", "1000:1000"];
+    let out = run(
+        &podman,
+        &opts,
+        &["sh", "-c", "echo $FOO $(pwd) $(id -u):$(id -g)"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(text(&out.stdout).trim(), "bar /tmp 1000:1000");
+
+    // As with runc: the runtime's error, and 127 for a command that does not exist.
+    let out = run(&podman, &[], &["no-such-command"]);
+    assert_eq!(out.status.code(), Some(127), "{}", describe(&out));
+    assert!(
+        text(&out.stderr).contains("no-such-command"),
+        "{}",
+        describe(&out)
+    );
+    assert_clean(&podman);
+}
+
+#[test]
+fn volumes_read_only_rootfs_and_memory_limits_apply() {
+    require_kvm();
+    let _vm = vm_lock();
+    let tmp = TempDir::new("podman-vol");
+    let podman = Podman::new(&tmp);
+    let vol = tmp.join("vol");
+    std::fs::create_dir_all(&vol).unwrap();
+    std::fs::write(vol.join("in"), "from-host\n").unwrap();
+
+    let v = format!("{}:/vol", vol.display());
+    let out = run(
+        &podman,
+        &["-v", &v],
+        &["sh", "-c", "cat /vol/in; echo from-guest > /vol/out"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(text(&out.stdout), "from-host\n");
+    assert_eq!(
+        std::fs::read_to_string(vol.join("out")).unwrap(),
+        "from-guest\n"
+    );
+
+    // podman mounts /tmp with tmpcopyup on a read-only rootfs.
+    let script = "echo x > /f 2>/dev/null && echo WRITABLE || echo refused; \
+                  echo x > /tmp/f && echo tmp-writable";
+    let out = run(&podman, &["--read-only"], &["sh", "-c", script]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(text(&out.stdout), "refused\ntmp-writable\n");
+
+    let out = run(
+        &podman,
+        &["--memory", "64m"],
+        &["cat", "/sys/fs/cgroup/memory.max"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(text(&out.stdout).trim(), (64 << 20).to_string());
+    assert_clean(&podman);
+}
+
+#[test]
+fn a_terminal_and_interactive_input_reach_the_container() {
+    require_kvm();
+    let _vm = vm_lock();
+    let tmp = TempDir::new("podman-tty");
+    let podman = Podman::new(&tmp);
+
+    let out = run(
+        &podman,
+        &["-t"],
+        &["sh", "-c", "[ -t 0 ] && [ -t 1 ] && tty"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(
+        text(&out.stdout).contains("/dev/pts/"),
+        "{}",
+        describe(&out)
+    );
+
+    // -it needs podman's own stdin to be a terminal: script(1) gives it one.
+    let cmd = podman.command(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-it",
+        IMAGE,
+        "sh",
+        "-c",
+        "read line; echo got-$line; [ -t 0 ] && echo stdin-is-a-tty",
+    ]);
+    let line = shell_line(&cmd);
+    let mut script = std::process::Command::new("script");
+    script.args(["-qec", &line, "/dev/null"]);
+    let out = run_command(script, T, Some(b"hello\n"));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let said = text(&out.stdout);
+    assert!(said.contains("got-hello"), "{}", describe(&out));
+    assert!(said.contains("stdin-is-a-tty"), "{}", describe(&out));
+    assert_clean(&podman);
+}
+
+#[test]
+fn detached_containers_take_exec_logs_ps_stop_and_kill() {
+    require_kvm();
+    let _vm = vm_lock();
+    let tmp = TempDir::new("podman-detached");
+    let podman = Podman::new(&tmp);
+    let script = "echo started; trap 'echo got-term; exit 3' TERM; \
+                  while true; do sleep 0.2; done";
+    podman.ok(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--name",
+        "c1",
+        IMAGE,
+        "sh",
+        "-c",
+        script,
+    ]);
+    podman.ok(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--name",
+        "c2",
+        IMAGE,
+        "sleep",
+        "1000",
+    ]);
+
+    let ps = podman.ok(&["ps", "--format", "{{.Names}} {{.Status}}"]);
+    assert!(ps.lines().any(|l| l.starts_with("c1 Up")), "{ps}");
+    assert!(ps.lines().any(|l| l.starts_with("c2 Up")), "{ps}");
+
+    let out = podman.run(&["exec", "c1", "sh", "-c", "echo exec-out; exit 5"], T);
+    assert_eq!(out.status.code(), Some(5), "{}", describe(&out));
+    assert_eq!(text(&out.stdout), "exec-out\n");
+
+    // The container's own trap answers podman stop's SIGTERM.
+    podman.ok(&["stop", "--time", "30", "c1"]);
+    let state = podman.ok(&[
+        "inspect",
+        "c1",
+        "--format",
+        "{{.State.Status}} {{.State.ExitCode}}",
+    ]);
+    assert_eq!(state.trim(), "exited 3");
+    let logs = podman.ok(&["logs", "c1"]);
+    assert_eq!(logs, "started\ngot-term\n");
+
+    podman.ok(&["kill", "c2"]);
+    let code = podman.ok(&["wait", "c2"]);
+    assert_eq!(code.trim(), "137");
+    let ps = podman.ok(&["ps", "--all", "--format", "{{.Names}} {{.Status}}"]);
+    assert!(ps.lines().any(|l| l.starts_with("c2 Exited (137)")), "{ps}");
+    assert_clean(&podman);
+}
