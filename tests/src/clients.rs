@@ -172,3 +172,128 @@ pub fn host_kernel_release() -> String {
         .trim()
         .to_string()
 }
+
+/// A containerd daemon of the test's own (config, root, state and socket under the test's
+/// directory), stopped on drop; `ctr` talks to it and runs tasks with the runc shim and
+/// runm as its runc binary.
+#[derive(Debug)]
+pub struct Containerd {
+    dir: PathBuf,
+    daemon: std::process::Child,
+}
+
+impl Containerd {
+    /// Starts containerd under `parent` and imports the busybox image.
+    pub fn start(parent: &TempDir) -> Self {
+        require_tool("containerd", "containerd");
+        let dir = parent.join("containerd");
+        std::fs::create_dir_all(&dir).expect("create the containerd dir");
+        let config = format!(
+            "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n\
+             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             [grpc]\n  address = \"{sock}\"\n",
+            root = dir.join("root").display(),
+            state = dir.join("state").display(),
+            sock = dir.join("containerd.sock").display(),
+        );
+        std::fs::write(dir.join("config.toml"), config).expect("write config.toml");
+        let log = std::fs::File::create(dir.join("containerd.log")).expect("create the log");
+        let daemon = Command::new("containerd")
+            .arg("--config")
+            .arg(dir.join("config.toml"))
+            .stdout(log.try_clone().expect("dup the log"))
+            .stderr(log)
+            .spawn()
+            .expect("start containerd");
+        let containerd = Self { dir, daemon };
+        containerd.wait_until_serving();
+        let archive = busybox_image_archive(parent);
+        containerd.ok(&["image", "import", archive.to_str().unwrap()]);
+        containerd
+    }
+
+    fn wait_until_serving(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while run_command(self.ctr(&["version"]), Duration::from_secs(30), None)
+            .status
+            .code()
+            != Some(0)
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "containerd did not start serving: {}",
+                std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// `ctr ARGS` against this daemon.
+    pub fn ctr(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("ctr");
+        c.arg("--address")
+            .arg(self.dir.join("containerd.sock"))
+            .args(args);
+        c
+    }
+
+    /// Runs `ctr ARGS` to completion (a test failure after `deadline`).
+    pub fn run(&self, args: &[&str], deadline: Duration) -> Output {
+        run_command(self.ctr(args), deadline, None)
+    }
+
+    /// Runs `ctr ARGS` and asserts it succeeded; returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args, Duration::from_secs(180));
+        assert!(out.status.success(), "ctr {args:?}: {}", describe(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Kills and deletes every task and container, removes the images, and asserts
+    /// that nothing is listed any more.
+    pub fn clean_up(&self) {
+        let t = Duration::from_secs(120);
+        let ids = self.ok(&["container", "list", "--quiet"]);
+        for id in ids.lines() {
+            let _ = self.run(&["task", "kill", "--signal", "SIGKILL", id], t);
+            let _ = self.run(&["task", "delete", "--force", id], t);
+            let _ = self.run(&["container", "delete", id], t);
+        }
+        let _ = self.run(&["image", "remove", IMAGE], t);
+        assert_eq!(self.ok(&["container", "list", "--quiet"]), "");
+        assert_eq!(self.ok(&["image", "list", "--quiet"]), "");
+    }
+}
+
+impl Drop for Containerd {
+    /// A failed test's tasks go too; then the daemon stops.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            // A passing test already cleaned up and asserted it.
+        } else {
+            let ids = run_command(
+                self.ctr(&["container", "list", "--quiet"]),
+                Duration::from_secs(30),
+                None,
+            );
+            for id in String::from_utf8_lossy(&ids.stdout).lines() {
+                let t = Duration::from_secs(60);
+                let _ = run_command(self.ctr(&["task", "delete", "--force", id]), t, None);
+                let _ = run_command(self.ctr(&["container", "delete", id]), t, None);
+            }
+        }
+        let _ = send_signal(self.daemon.id(), "TERM");
+        let _ = self.daemon.wait();
+    }
+}
+
+/// Sends SIG`signal` to `pid` with kill(1).
+fn send_signal(pid: u32, signal: &str) -> std::io::Result<std::process::ExitStatus> {
+    Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+}
