@@ -196,7 +196,35 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         }
         source = s.source();
     }
-    text
+    in_runc_words(text)
+}
+
+/// libcontainer's words for a command that cannot be run, in runc's, which clients read:
+/// Docker and podman exit 127 on "executable file not found" or "no such file or
+/// directory", 126 on "permission denied".
+fn in_runc_words(text: String) -> String {
+    const EXE: &str = "executable '";
+    const NOT_FOUND: &str = "' not found in $PATH";
+    const NO_PERMISSION: &str = "does not have correct permissions";
+    let Some(start) = text.find(EXE) else {
+        return text;
+    };
+    let rest = &text[start + EXE.len()..];
+    let (runc, after) = if let Some(end) = rest.find(NOT_FOUND) {
+        let exe = &rest[..end];
+        let runc = if exe.contains('/') {
+            format!("exec: \"{exe}\": stat {exe}: no such file or directory")
+        } else {
+            format!("exec: \"{exe}\": executable file not found in $PATH")
+        };
+        (runc, &rest[end + NOT_FOUND.len()..])
+    } else if let (Some(quote), Some(end)) = (rest.find('\''), rest.find(NO_PERMISSION)) {
+        let runc = format!("exec: \"{}\": permission denied", &rest[..quote]);
+        (runc, &rest[end + NO_PERMISSION.len()..])
+    } else {
+        return text;
+    };
+    format!("{}{runc}{after}", &text[..start])
 }
 
 /// Receives a terminal's master side, sent by the container over the console socket.
@@ -255,6 +283,25 @@ mod tests {
         Transparent(#[from] Inner),
         #[error("cannot mount")]
         Wrapped(#[source] Inner),
+    }
+
+    #[test]
+    fn commands_that_cannot_run_are_described_in_runc_words() {
+        let said = |s: &str| in_runc_words(s.to_string());
+        assert_eq!(
+            said("failed: executable 'nope' not found in $PATH"),
+            "failed: exec: \"nope\": executable file not found in $PATH"
+        );
+        assert_eq!(
+            said("executable '/bin/nope' not found in $PATH"),
+            "exec: \"/bin/nope\": stat /bin/nope: no such file or directory"
+        );
+        assert_eq!(
+            said("executable 'x' at path '\"/bin/x\"' does not have correct permissions: end"),
+            "exec: \"x\": permission denied: end"
+        );
+        assert_eq!(said("executable 'x' is fine"), "executable 'x' is fine");
+        assert_eq!(said("other"), "other");
     }
 
     #[test]
