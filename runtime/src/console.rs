@@ -36,7 +36,7 @@ pub fn send_to_socket(path: &Path) -> Result<OwnedFd, ConsoleError> {
         path: path.to_path_buf(),
         source,
     };
-    let sock = UnixStream::connect(path).map_err(socket_err)?;
+    let sock = vmm::uds::with_path(path, |p| UnixStream::connect(p)).map_err(socket_err)?;
     let name = nix::unistd::ttyname(pty.slave.as_fd())
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "/dev/ptmx".into());

@@ -21,7 +21,7 @@ pub struct ReadyListener {
 impl ReadyListener {
     pub fn bind(path: &Path) -> std::io::Result<Self> {
         let _ = std::fs::remove_file(path);
-        let listener = UnixListener::bind(path)?;
+        let listener = vmm::uds::with_path(path, |p| UnixListener::bind(p))?;
         listener.set_nonblocking(true)?;
         Ok(Self {
             listener,
@@ -100,7 +100,7 @@ pub struct Reporter {
 impl Reporter {
     pub fn connect(path: &Path) -> std::io::Result<Self> {
         Ok(Self {
-            stream: UnixStream::connect(path)?,
+            stream: vmm::uds::with_path(path, |p| UnixStream::connect(p))?,
         })
     }
 

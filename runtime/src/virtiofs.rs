@@ -128,7 +128,8 @@ impl FsServer {
             .map_err(prepare(&target))?;
         }
         let socket = state_dir.join(SOCKET);
-        let listener = UnixListener::bind(&socket).map_err(prepare(&socket))?;
+        let listener =
+            vmm::uds::with_path(&socket, |p| UnixListener::bind(p)).map_err(prepare(&socket))?;
         let log = state_dir.join(LOG);
         let log_file = File::create(&log).map_err(prepare(&log))?;
         let mut cmd = Command::new(binary);

@@ -214,6 +214,28 @@ fn create_start_state_kill_delete_walk_the_oci_states() {
     assert_no_runm_left();
 }
 
+/// Docker's state root (`/run/docker/runtime-runm/moby`) and a 64-character id make
+/// socket paths longer than a Unix socket address holds.
+#[test]
+fn state_directories_too_deep_for_a_socket_address_work() {
+    require_kvm();
+    let _vm = vm_lock();
+    let tmp = TempDir::new("oci-deep");
+    let mut runm = Runm::new(&tmp);
+    runm.root = tmp.join("state/runtime-runm/moby/a-root-as-deep-as-a-client-makes-it");
+    let id = "f".repeat(64);
+    let b = TestBundle::busybox(&tmp, "b", &["sleep", "1000"]);
+    let out = runm.run_detached(&tmp, "run", &["run", "-d", "--bundle", b.path(), &id], T);
+    assert!(out.status.success(), "run -d: {out:?}");
+    let out = runm.run(&["exec", &id, "echo", "exec-in-a-deep-root"], T);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(stdout(&out), "exec-in-a-deep-root\n");
+    let out = runm.run(&["delete", "--force", &id], T);
+    assert!(out.status.success(), "{}", describe(&out));
+    runm.assert_empty();
+    assert_no_runm_left();
+}
+
 #[test]
 fn a_guest_lost_mid_request_ends_exec_and_delete_force_cleans_up() {
     require_kvm();

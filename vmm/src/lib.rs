@@ -10,6 +10,7 @@ pub mod config;
 pub mod devices;
 pub mod event_loop;
 pub mod microvm;
+pub mod uds;
 pub mod vstate;
 
 pub use builder::{start_microvm, StartMicrovmError};

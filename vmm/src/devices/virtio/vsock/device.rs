@@ -192,7 +192,7 @@ impl Vsock {
         if uds_path.symlink_metadata().is_ok() {
             return Err(VsockError::SocketExists(uds_path));
         }
-        let listener = UnixListener::bind(&uds_path)
+        let listener = crate::uds::with_path(&uds_path, |p| UnixListener::bind(p))
             .and_then(|l| l.set_nonblocking(true).map(|()| l))
             .map_err(|source| VsockError::Bind {
                 path: uds_path.clone(),

@@ -84,7 +84,10 @@ fn connect_nonblocking(path: &Path) -> nix::Result<UnixStream> {
         SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
         None,
     )?;
-    socket::connect(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
+    crate::uds::with_path(path, |p| {
+        socket::connect(fd.as_raw_fd(), &UnixAddr::new(p)?).map_err(std::io::Error::from)
+    })
+    .map_err(|e| nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EINVAL)))?;
     Ok(UnixStream::from(fd))
 }
 
