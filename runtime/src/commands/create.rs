@@ -126,6 +126,13 @@ pub fn spawn_host(
     timeout: Duration,
     pid_file: Option<&Path>,
 ) -> anyhow::Result<Child> {
+    // The process's stdio is this command's (as runc's init inherits it), unless it has
+    // a terminal: then it talks through the pty alone and must not hold this command's
+    // stdio open, which clients read to its end (containerd's shim waits for EOF there).
+    let stdio = || match console_socket {
+        Some(_) => Stdio::null(),
+        None => Stdio::inherit(),
+    };
     if let Some(cs) = console_socket {
         cmd.arg("--console-socket").arg(cs);
     }
@@ -133,9 +140,9 @@ pub fn spawn_host(
     // which forwards it once, rather than to both.
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     let mut child = cmd
-        .stdin(Stdio::inherit())
-        .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit())
+        .stdin(stdio())
+        .stdout(stdio())
+        .stderr(stdio())
         .spawn()
         .context("cannot start a runm host process")?;
     let reported = ready
