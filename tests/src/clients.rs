@@ -297,3 +297,111 @@ fn send_signal(pid: u32, signal: &str) -> std::io::Result<std::process::ExitStat
         .args([&format!("-{signal}"), &pid.to_string()])
         .status()
 }
+
+/// A dockerd of the test's own (data root, exec root, socket under the test's directory;
+/// no bridge or iptables: runm has no networking yet), with runm added as runtime `runm`;
+/// stopped on drop.
+#[derive(Debug)]
+pub struct Dockerd {
+    dir: PathBuf,
+    daemon: std::process::Child,
+}
+
+/// Debian's docker CLI: the one that matches its dockerd (another may come first in PATH).
+const DOCKER: &str = "/usr/bin/docker";
+
+impl Dockerd {
+    /// Starts dockerd under `parent` and loads the busybox image.
+    pub fn start(parent: &TempDir) -> Self {
+        require_tool("dockerd", "docker.io");
+        let dir = parent.join("docker");
+        std::fs::create_dir_all(&dir).expect("create the docker dir");
+        let log = std::fs::File::create(dir.join("dockerd.log")).expect("create the log");
+        let daemon = Command::new("dockerd")
+            .arg("--data-root")
+            .arg(dir.join("data"))
+            .arg("--exec-root")
+            .arg(dir.join("exec"))
+            .arg("--pidfile")
+            .arg(dir.join("dockerd.pid"))
+            .arg("--host")
+            .arg(format!("unix://{}", dir.join("docker.sock").display()))
+            .arg("--add-runtime")
+            .arg(format!("runm={}", runm_bin().display()))
+            .args(["--bridge", "none", "--iptables=false", "--ip6tables=false"])
+            .args(["--storage-driver", "overlay2"])
+            .stdout(log.try_clone().expect("dup the log"))
+            .stderr(log)
+            .spawn()
+            .expect("start dockerd");
+        let docker = Self { dir, daemon };
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while docker
+            .run(&["version"], Duration::from_secs(30))
+            .status
+            .code()
+            != Some(0)
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "dockerd did not start serving: {}",
+                std::fs::read_to_string(docker.dir.join("dockerd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        let archive = busybox_image_archive(parent);
+        docker.ok(&["load", "--input", archive.to_str().unwrap()]);
+        docker
+    }
+
+    /// `docker ARGS` against this daemon.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(DOCKER);
+        c.arg("--host")
+            .arg(format!("unix://{}", self.dir.join("docker.sock").display()))
+            .args(args);
+        c
+    }
+
+    /// Runs `docker ARGS` to completion (a test failure after `deadline`).
+    pub fn run(&self, args: &[&str], deadline: Duration) -> Output {
+        run_command(self.command(args), deadline, None)
+    }
+
+    /// Runs `docker ARGS` and asserts it succeeded; returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args, Duration::from_secs(180));
+        assert!(out.status.success(), "docker {args:?}: {}", describe(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Removes every container and image, and asserts that none is listed any more.
+    pub fn clean_up(&self) {
+        let ids = self.ok(&["ps", "--all", "--quiet"]);
+        for id in ids.lines() {
+            self.ok(&["rm", "--force", id]);
+        }
+        self.ok(&["rmi", "--force", IMAGE]);
+        assert_eq!(self.ok(&["ps", "--all", "--quiet"]), "");
+        assert_eq!(self.ok(&["images", "--quiet"]), "");
+    }
+}
+
+impl Drop for Dockerd {
+    /// A failed test's containers go too; then the daemon stops (and its containerd).
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let t = Duration::from_secs(60);
+            let ids = run_command(self.command(&["ps", "--all", "--quiet"]), t, None);
+            for id in String::from_utf8_lossy(&ids.stdout).lines() {
+                let _ = run_command(self.command(&["rm", "--force", id]), t, None);
+            }
+        }
+        let _ = send_signal(self.daemon.id(), "TERM");
+        let _ = self.daemon.wait();
+    }
+}
