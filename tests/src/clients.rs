@@ -115,6 +115,11 @@ impl Podman {
 
     /// `podman ARGS` with runm as the runtime.
     pub fn command(&self, args: &[&str]) -> Command {
+        self.command_with(&runm_bin(), args)
+    }
+
+    /// `podman ARGS` with `runtime` (a runc-compatible binary).
+    pub fn command_with(&self, runtime: &Path, args: &[&str]) -> Command {
         let mut c = Command::new("podman");
         c.env("CONTAINERS_CONF", self.dir.join("containers.conf"))
             .arg("--root")
@@ -122,7 +127,7 @@ impl Podman {
             .arg("--runroot")
             .arg(self.dir.join("run"))
             .args(["--storage-driver", "overlay", "--runtime"])
-            .arg(runm_bin())
+            .arg(runtime)
             .args(args);
         c
     }
@@ -162,6 +167,22 @@ impl Drop for Podman {
         );
         let _ = run_command(self.command(&["rmi", "--all", "--force"]), t, None);
     }
+}
+
+/// Runs `cmd` with a terminal as its stdin, stdout and stderr (script(1) gives it one;
+/// clients refuse `-it` otherwise), `input` typed into it; the output is captured.
+pub fn run_with_a_terminal(cmd: &Command, input: &[u8], deadline: Duration) -> Output {
+    let quote = |s: &std::ffi::OsStr| format!("'{}'", s.to_string_lossy().replace('\'', "'\\''"));
+    let env = cmd
+        .get_envs()
+        .filter_map(|(k, v)| Some(format!("{}={}", k.to_string_lossy(), quote(v?))));
+    let words = std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(quote);
+    let line = env.chain(words).collect::<Vec<_>>().join(" ");
+    let mut script = Command::new("script");
+    script.args(["-qec", &line, "/dev/null"]);
+    run_command(script, deadline, Some(input))
 }
 
 /// The kernel release this process runs on: a container in a microVM reports its guest

@@ -7,7 +7,7 @@
 use std::process::Output;
 use std::time::Duration;
 
-use runm_tests::clients::{host_kernel_release, Dockerd, IMAGE};
+use runm_tests::clients::{host_kernel_release, run_with_a_terminal, Dockerd, IMAGE};
 use runm_tests::*;
 
 /// One docker command: a microVM boot in the emulated test host, and Docker's own work.
@@ -106,16 +106,20 @@ fn docker_terminals_exec_and_stop_work() {
         describe(&out)
     );
 
-    // -it needs the CLI's own stdin to be a terminal: script(1) gives it one.
-    let line = format!(
-        "{} --host unix://{} run --rm --runtime runm -it {IMAGE} \
-         sh -c 'read line; echo got-$line; [ -t 0 ] && echo stdin-is-a-tty'",
-        "/usr/bin/docker",
-        docker.dir().join("docker.sock").display()
-    );
-    let mut script = std::process::Command::new("script");
-    script.args(["-qec", &line, "/dev/null"]);
-    let out = run_command(script, T, Some(b"hello\n"));
+    // -it needs the CLI's own stdin to be a terminal.
+    let script = "read line; echo got-$line; [ -t 0 ] && echo stdin-is-a-tty";
+    let cmd = docker.command(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "runm",
+        "-it",
+        IMAGE,
+        "sh",
+        "-c",
+        script,
+    ]);
+    let out = run_with_a_terminal(&cmd, b"hello\n", T);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert!(
         text(&out.stdout).contains("got-hello"),
