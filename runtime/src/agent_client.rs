@@ -61,13 +61,10 @@ impl AgentClient {
     }
 
     fn try_connect(uds: &Path, port: u32, deadline: Instant) -> Result<Self, AgentError> {
-        let mut stream =
-            vmm::uds::with_path(uds, |p| UnixStream::connect(p)).map_err(|source| {
-                AgentError::Connect {
-                    path: uds.to_path_buf(),
-                    source,
-                }
-            })?;
+        let mut stream = vmm::uds::connect(uds).map_err(|source| AgentError::Connect {
+            path: uds.to_path_buf(),
+            source,
+        })?;
         let left = deadline
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(1));

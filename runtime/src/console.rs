@@ -7,7 +7,6 @@
 //! line discipline does the work). Window sizes are polled and sent to the guest.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 
 use nix::pty::{openpty, Winsize};
@@ -36,7 +35,7 @@ pub fn send_to_socket(path: &Path) -> Result<OwnedFd, ConsoleError> {
         path: path.to_path_buf(),
         source,
     };
-    let sock = vmm::uds::with_path(path, |p| UnixStream::connect(p)).map_err(socket_err)?;
+    let sock = vmm::uds::connect(path).map_err(socket_err)?;
     let name = nix::unistd::ttyname(pty.slave.as_fd())
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "/dev/ptmx".into());

@@ -21,7 +21,7 @@ pub struct ReadyListener {
 impl ReadyListener {
     pub fn bind(path: &Path) -> std::io::Result<Self> {
         let _ = std::fs::remove_file(path);
-        let listener = vmm::uds::with_path(path, |p| UnixListener::bind(p))?;
+        let listener = vmm::uds::bind(path)?;
         listener.set_nonblocking(true)?;
         Ok(Self {
             listener,
@@ -100,7 +100,7 @@ pub struct Reporter {
 impl Reporter {
     pub fn connect(path: &Path) -> std::io::Result<Self> {
         Ok(Self {
-            stream: vmm::uds::with_path(path, |p| UnixStream::connect(p))?,
+            stream: vmm::uds::connect(path)?,
         })
     }
 

@@ -15,7 +15,6 @@
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::net::UnixListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -128,8 +127,7 @@ impl FsServer {
             .map_err(prepare(&target))?;
         }
         let socket = state_dir.join(SOCKET);
-        let listener =
-            vmm::uds::with_path(&socket, |p| UnixListener::bind(p)).map_err(prepare(&socket))?;
+        let listener = vmm::uds::bind(&socket).map_err(prepare(&socket))?;
         let log = state_dir.join(LOG);
         let log_file = File::create(&log).map_err(prepare(&log))?;
         let mut cmd = Command::new(binary);

@@ -6,6 +6,7 @@
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
 /// The longest path `sun_path` takes, without its NUL.
@@ -28,10 +29,18 @@ pub fn with_path<T>(
     f(&short)
 }
 
+/// `UnixListener::bind` for a path of any length.
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    with_path(path, |p| UnixListener::bind(p))
+}
+
+/// `UnixStream::connect` for a path of any length.
+pub fn connect(path: &Path) -> std::io::Result<UnixStream> {
+    with_path(path, |p| UnixStream::connect(p))
+}
+
 #[cfg(test)]
 mod tests {
-    use std::os::unix::net::{UnixListener, UnixStream};
-
     use super::*;
 
     #[test]
@@ -47,9 +56,9 @@ mod tests {
             UnixListener::bind(&path).is_err(),
             "the path should be too long"
         );
-        let listener = with_path(&path, |p| UnixListener::bind(p)).unwrap();
+        let listener = bind(&path).unwrap();
         assert!(path.exists(), "the socket is in its own directory");
-        let _client = with_path(&path, |p| UnixStream::connect(p)).unwrap();
+        let _client = connect(&path).unwrap();
         assert!(listener.accept().is_ok());
         std::fs::remove_dir_all(top).unwrap();
     }

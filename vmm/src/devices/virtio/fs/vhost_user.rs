@@ -101,7 +101,7 @@ impl Session {
     pub fn connect_within(tag: &str, socket: &Path, timeout: Duration) -> Result<Self, FsError> {
         let deadline = Instant::now() + timeout;
         let stream = loop {
-            match crate::uds::with_path(socket, |p| UnixStream::connect(p)) {
+            match crate::uds::connect(socket) {
                 Ok(stream) => break stream,
                 Err(e) if not_listening_yet(&e) && Instant::now() < deadline => {
                     std::thread::sleep(CONNECT_RETRY);

@@ -1,7 +1,6 @@
 //! The virtio side of the vsock device: identity, config space, activation and the
 //! processing of its queues. The muxer decides what the packets mean.
 
-use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -192,7 +191,7 @@ impl Vsock {
         if uds_path.symlink_metadata().is_ok() {
             return Err(VsockError::SocketExists(uds_path));
         }
-        let listener = crate::uds::with_path(&uds_path, |p| UnixListener::bind(p))
+        let listener = crate::uds::bind(&uds_path)
             .and_then(|l| l.set_nonblocking(true).map(|()| l))
             .map_err(|source| VsockError::Bind {
                 path: uds_path.clone(),

@@ -77,7 +77,7 @@ pub(super) struct Muxer {
 
 /// Connects to a host listener without blocking the device thread: a Unix socket connect
 /// either completes at once or fails (EAGAIN when the listener's backlog is full).
-fn connect_nonblocking(path: &Path) -> nix::Result<UnixStream> {
+fn connect_nonblocking(path: &Path) -> std::io::Result<UnixStream> {
     let fd = socket::socket(
         AddressFamily::Unix,
         SockType::Stream,
@@ -85,9 +85,8 @@ fn connect_nonblocking(path: &Path) -> nix::Result<UnixStream> {
         None,
     )?;
     crate::uds::with_path(path, |p| {
-        socket::connect(fd.as_raw_fd(), &UnixAddr::new(p)?).map_err(std::io::Error::from)
-    })
-    .map_err(|e| nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EINVAL)))?;
+        Ok(socket::connect(fd.as_raw_fd(), &UnixAddr::new(p)?)?)
+    })?;
     Ok(UnixStream::from(fd))
 }
 
