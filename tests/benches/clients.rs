@@ -12,15 +12,10 @@ use std::time::Instant;
 
 use runm_tests::bundle::TestBundle;
 use runm_tests::clients::{Dockerd, Podman, IMAGE};
-use runm_tests::{runm_bin, TempDir};
+use runm_tests::{median, runm_bin, TempDir};
 
 const RUNS: usize = 10;
 const LINE: &str = "hello from a container";
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
 
 /// Runs `cmd` once; returns milliseconds, or exits the benchmark if the line is missing.
 fn time(name: &str, mut cmd: Command) -> f64 {

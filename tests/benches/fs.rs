@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use runm_tests::bundle::TestBundle;
-use runm_tests::{runm_bin, target_profile_dir, TempDir};
+use runm_tests::{median, runm_bin, target_profile_dir, TempDir};
 
 /// Runs per setup (`FSBENCH_RUNS` overrides), and the setups to run (`FSBENCH_SETUPS`,
 /// comma-separated names as printed; all by default).
@@ -34,11 +34,6 @@ const MEASURES: &[(&str, bool)] = &[
 const CACHE_MODES: &[&str] = &["auto", "always", "never"];
 
 type Figures = BTreeMap<String, f64>;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
 
 fn parse(text: &str) -> Figures {
     text.lines()

@@ -10,14 +10,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use runm_tests::bundle::TestBundle;
-use runm_tests::{runm_bin, TempDir};
+use runm_tests::{median, runm_bin, TempDir};
 
 const RUNS: usize = 10;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
 
 /// One `run` with `runtime`; returns milliseconds, and checks the container's line.
 fn run_once(

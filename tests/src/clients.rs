@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use crate::bundle::busybox_rootfs;
-use crate::{describe, run_command, runm_bin, TempDir};
+use crate::{describe, run_command, runm_bin, send_signal, TempDir};
 
 /// The name the busybox image is imported under.
 pub const IMAGE: &str = "localhost/runm-test-busybox:latest";
@@ -17,16 +17,21 @@ pub fn busybox_rootfs_tar(dir: &TempDir) -> PathBuf {
     let rootfs = dir.join("image-rootfs");
     busybox_rootfs(&rootfs);
     let tar = dir.join("busybox-rootfs.tar");
+    make_tar(&tar, &rootfs, &["."]);
+    tar
+}
+
+/// Writes the tarball `archive` of `entries` of `dir`.
+fn make_tar(archive: &Path, dir: &Path, entries: &[&str]) {
     let out = Command::new("tar")
         .arg("-C")
-        .arg(&rootfs)
+        .arg(dir)
         .arg("-cf")
-        .arg(&tar)
-        .arg(".")
+        .arg(archive)
+        .args(entries)
         .output()
         .expect("run tar");
     assert!(out.status.success(), "tar: {}", describe(&out));
-    tar
 }
 
 /// A docker-archive (the `docker save` format: `manifest.json`, the image config and one
@@ -59,15 +64,11 @@ pub fn busybox_image_archive(dir: &TempDir) -> PathBuf {
     std::fs::write(staging.join("manifest.json"), manifest.to_string())
         .expect("write manifest.json");
     let archive = dir.join("busybox-image.tar");
-    let out = Command::new("tar")
-        .arg("-C")
-        .arg(&staging)
-        .arg("-cf")
-        .arg(&archive)
-        .args(["manifest.json", &config_name, &layer_id])
-        .output()
-        .expect("run tar");
-    assert!(out.status.success(), "tar: {}", describe(&out));
+    make_tar(
+        &archive,
+        &staging,
+        &["manifest.json", &config_name, &layer_id],
+    );
     archive
 }
 
@@ -87,6 +88,40 @@ pub fn require_tool(tool: &str, package: &str) {
         found,
         "{tool} is not installed: `make deps` installs it (Debian package {package})"
     );
+}
+
+/// Runs a client's command, asserts it succeeded and returns its stdout.
+fn succeed(cmd: Command) -> String {
+    let what = format!("{cmd:?}");
+    let out = run_command(cmd, Duration::from_secs(180), None);
+    assert!(out.status.success(), "{what}: {}", describe(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Starts a daemon with its stdout and stderr in `log`.
+fn spawn_daemon(mut cmd: Command, log: &Path) -> std::process::Child {
+    let file = std::fs::File::create(log).expect("create the daemon's log");
+    cmd.stdout(file.try_clone().expect("dup the log"))
+        .stderr(file)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"))
+}
+
+/// Waits until `probe` (a client command) succeeds, which says the daemon serves; fails
+/// the test with the daemon's log after `within`.
+fn wait_until_serving(probe: impl Fn() -> Command, log: &Path, within: Duration) {
+    let deadline = std::time::Instant::now() + within;
+    while !run_command(probe(), Duration::from_secs(30), None)
+        .status
+        .success()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon did not start serving: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// podman with its own storage, run root and containers.conf, and runm as its runtime.
@@ -139,9 +174,7 @@ impl Podman {
 
     /// Runs `podman ARGS` and asserts it succeeded; returns its stdout.
     pub fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args, Duration::from_secs(180));
-        assert!(out.status.success(), "podman {args:?}: {}", describe(&out));
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        succeed(self.command(args))
     }
 
     pub fn dir(&self) -> &Path {
@@ -218,35 +251,19 @@ impl Containerd {
             sock = dir.join("containerd.sock").display(),
         );
         std::fs::write(dir.join("config.toml"), config).expect("write config.toml");
-        let log = std::fs::File::create(dir.join("containerd.log")).expect("create the log");
-        let daemon = Command::new("containerd")
-            .arg("--config")
-            .arg(dir.join("config.toml"))
-            .stdout(log.try_clone().expect("dup the log"))
-            .stderr(log)
-            .spawn()
-            .expect("start containerd");
+        let mut cmd = Command::new("containerd");
+        cmd.arg("--config").arg(dir.join("config.toml"));
+        let log = dir.join("containerd.log");
+        let daemon = spawn_daemon(cmd, &log);
         let containerd = Self { dir, daemon };
-        containerd.wait_until_serving();
+        wait_until_serving(
+            || containerd.ctr(&["version"]),
+            &log,
+            Duration::from_secs(60),
+        );
         let archive = busybox_image_archive(parent);
         containerd.ok(&["image", "import", archive.to_str().unwrap()]);
         containerd
-    }
-
-    fn wait_until_serving(&self) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while run_command(self.ctr(&["version"]), Duration::from_secs(30), None)
-            .status
-            .code()
-            != Some(0)
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "containerd did not start serving: {}",
-                std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
     }
 
     /// `ctr ARGS` against this daemon.
@@ -265,9 +282,7 @@ impl Containerd {
 
     /// Runs `ctr ARGS` and asserts it succeeded; returns its stdout.
     pub fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args, Duration::from_secs(180));
-        assert!(out.status.success(), "ctr {args:?}: {}", describe(&out));
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        succeed(self.ctr(args))
     }
 
     pub fn dir(&self) -> &Path {
@@ -293,9 +308,8 @@ impl Containerd {
 impl Drop for Containerd {
     /// A failed test's tasks go too; then the daemon stops.
     fn drop(&mut self) {
-        if !std::thread::panicking() {
-            // A passing test already cleaned up and asserted it.
-        } else {
+        // A passing test already cleaned up and asserted it.
+        if std::thread::panicking() {
             let ids = run_command(
                 self.ctr(&["container", "list", "--quiet"]),
                 Duration::from_secs(30),
@@ -310,13 +324,6 @@ impl Drop for Containerd {
         let _ = send_signal(self.daemon.id(), "TERM");
         let _ = self.daemon.wait();
     }
-}
-
-/// Sends SIG`signal` to `pid` with kill(1).
-fn send_signal(pid: u32, signal: &str) -> std::io::Result<std::process::ExitStatus> {
-    Command::new("kill")
-        .args([&format!("-{signal}"), &pid.to_string()])
-        .status()
 }
 
 /// A dockerd of the test's own (data root, exec root, socket under the test's directory;
@@ -337,9 +344,8 @@ impl Dockerd {
         require_tool("dockerd", "docker.io");
         let dir = parent.join("docker");
         std::fs::create_dir_all(&dir).expect("create the docker dir");
-        let log = std::fs::File::create(dir.join("dockerd.log")).expect("create the log");
-        let daemon = Command::new("dockerd")
-            .arg("--data-root")
+        let mut cmd = Command::new("dockerd");
+        cmd.arg("--data-root")
             .arg(dir.join("data"))
             .arg("--exec-root")
             .arg(dir.join("exec"))
@@ -350,26 +356,15 @@ impl Dockerd {
             .arg("--add-runtime")
             .arg(format!("runm={}", runm_bin().display()))
             .args(["--bridge", "none", "--iptables=false", "--ip6tables=false"])
-            .args(["--storage-driver", "overlay2"])
-            .stdout(log.try_clone().expect("dup the log"))
-            .stderr(log)
-            .spawn()
-            .expect("start dockerd");
+            .args(["--storage-driver", "overlay2"]);
+        let log = dir.join("dockerd.log");
+        let daemon = spawn_daemon(cmd, &log);
         let docker = Self { dir, daemon };
-        let deadline = std::time::Instant::now() + Duration::from_secs(120);
-        while docker
-            .run(&["version"], Duration::from_secs(30))
-            .status
-            .code()
-            != Some(0)
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "dockerd did not start serving: {}",
-                std::fs::read_to_string(docker.dir.join("dockerd.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(300));
-        }
+        wait_until_serving(
+            || docker.command(&["version"]),
+            &log,
+            Duration::from_secs(120),
+        );
         let archive = busybox_image_archive(parent);
         docker.ok(&["load", "--input", archive.to_str().unwrap()]);
         docker
@@ -391,9 +386,7 @@ impl Dockerd {
 
     /// Runs `docker ARGS` and asserts it succeeded; returns its stdout.
     pub fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args, Duration::from_secs(180));
-        assert!(out.status.success(), "docker {args:?}: {}", describe(&out));
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        succeed(self.command(args))
     }
 
     pub fn dir(&self) -> &Path {

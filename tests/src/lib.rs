@@ -118,10 +118,17 @@ pub fn run_command(mut cmd: Command, deadline: Duration, stdin: Option<&[u8]>) -
     match rx.recv_timeout(deadline) {
         Ok(out) => out.unwrap_or_else(|e| panic!("cannot wait for {what}: {e}")),
         Err(_) => {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            let _ = send_signal(pid, "KILL");
             panic!("{what} did not finish within {deadline:?}");
         }
     }
+}
+
+/// Sends SIG`signal` to `pid` with kill(1).
+pub fn send_signal(pid: u32, signal: &str) -> std::io::Result<std::process::ExitStatus> {
+    Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
 }
 
 /// Pids of live processes for which `keep(pid)` holds.
@@ -164,6 +171,12 @@ pub fn bench_should_run() -> bool {
         return false;
     }
     true
+}
+
+/// The median of benchmark figures (the upper one of an even count).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
 }
 
 /// Makes `image` (`size`, e.g. `64M`) an ext4 filesystem holding a copy of `from`.
