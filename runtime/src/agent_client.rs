@@ -32,6 +32,8 @@ pub enum AgentError {
     Invalid(String),
     #[error("{0}")]
     Refused(String),
+    #[error("the guest stopped before its agent answered ({0})")]
+    GuestStopped(String),
     #[error("the agent speaks protocol version {got}, runm needs {want}")]
     Version { got: u32, want: u32 },
 }
@@ -46,8 +48,20 @@ impl AgentClient {
     /// Connects to guest `port`, retrying until `timeout` while the guest boots (before
     /// the agent listens, the connection is refused or reset).
     pub fn connect(uds: &Path, port: u32, timeout: Duration) -> Result<Self, AgentError> {
+        Self::connect_while(uds, port, timeout, || Ok(()))
+    }
+
+    /// `connect`, giving up as soon as `alive` says the guest can no longer answer (a
+    /// guest that crashed while booting should not cost the whole timeout).
+    pub fn connect_while(
+        uds: &Path,
+        port: u32,
+        timeout: Duration,
+        mut alive: impl FnMut() -> Result<(), AgentError>,
+    ) -> Result<Self, AgentError> {
         let deadline = Instant::now() + timeout;
         loop {
+            alive()?;
             match Self::try_connect(uds, port, deadline) {
                 Ok(client) => return Ok(client),
                 Err(e) if Instant::now() >= deadline => {
@@ -279,5 +293,26 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(err, AgentError::Timeout(_)), "{err}");
+    }
+
+    #[test]
+    fn a_guest_that_stops_ends_the_wait_before_the_timeout() {
+        let mut checks = 0;
+        let err = AgentClient::connect_while(
+            Path::new("/nonexistent/vsock.sock"),
+            1024,
+            Duration::from_secs(60),
+            || {
+                checks += 1;
+                if checks < 3 {
+                    Ok(())
+                } else {
+                    Err(AgentError::GuestStopped("the guest reset itself".into()))
+                }
+            },
+        )
+        .unwrap_err();
+        assert!(matches!(err, AgentError::GuestStopped(_)), "{err}");
+        assert_eq!(checks, 3, "it gave up at the first check that failed");
     }
 }

@@ -43,7 +43,7 @@ impl Sandbox {
             .ok_or(SandboxError::NoVsock)?;
         let started = Instant::now();
         let mut vm = vmm::start_microvm(config)?;
-        match connect(&uds, timeout.saturating_sub(started.elapsed())) {
+        match connect(&mut vm, &uds, timeout.saturating_sub(started.elapsed())) {
             Ok((agent, info)) => Ok(Self { vm, agent, info }),
             Err(e) => {
                 vm.kill();
@@ -85,8 +85,18 @@ impl Sandbox {
     }
 }
 
-fn connect(uds: &Path, timeout: Duration) -> Result<(AgentClient, AgentInfo), AgentError> {
-    let mut agent = AgentClient::connect(uds, runm_protocol::AGENT_PORT, timeout)?;
+fn connect(
+    vm: &mut Microvm,
+    uds: &Path,
+    timeout: Duration,
+) -> Result<(AgentClient, AgentInfo), AgentError> {
+    let mut agent =
+        AgentClient::connect_while(uds, runm_protocol::AGENT_PORT, timeout, || {
+            match vm.try_exit() {
+                Some(exit) => Err(AgentError::GuestStopped(exit.to_string())),
+                None => Ok(()),
+            }
+        })?;
     let info = agent.ping(CALL_TIMEOUT)?;
     Ok((agent, info))
 }

@@ -60,6 +60,33 @@ fn a_hung_guest_is_killed_at_the_timeout() {
 }
 
 #[test]
+fn a_guest_that_dies_while_booting_ends_the_wait_at_once() {
+    require_kvm();
+    let _vm = vm_lock();
+    // No init: the kernel panics and (panic=-1) resets the VM long before the timeout.
+    let out = run_runm(
+        &[
+            "boot",
+            "--timeout",
+            "300",
+            "--cmdline",
+            "rdinit=/no-such-init",
+        ],
+        DEADLINE,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains(
+            "cannot reach the guest agent: the guest stopped before its agent answered \
+             (the guest reset itself)"
+        ),
+        "{}",
+        describe(&out)
+    );
+    assert_no_runm_left();
+}
+
+#[test]
 fn missing_kernel_is_named() {
     let _vm = vm_lock();
     let out = run_runm(&["boot", "--kernel", "/nonexistent/vmlinux"], DEADLINE);

@@ -40,6 +40,16 @@ pub(crate) enum VmEvent {
     Reset,
 }
 
+impl std::fmt::Display for ExitReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitReason::GuestShutdown => write!(f, "the guest reset itself"),
+            ExitReason::Killed => write!(f, "the host stopped it"),
+            ExitReason::VcpuFailed { id, reason } => write!(f, "vCPU {id} failed: {reason}"),
+        }
+    }
+}
+
 impl From<VmEvent> for ExitReason {
     fn from(event: VmEvent) -> Self {
         match event {
@@ -113,6 +123,16 @@ impl Microvm {
         self.stop_vcpus();
         self.exit = Some(reason.clone());
         Ok(reason)
+    }
+
+    /// How the guest stopped, if it has stopped by itself; does not wait.
+    pub fn try_exit(&mut self) -> Option<ExitReason> {
+        if self.exit.is_none() {
+            let event = self.events.try_recv().ok()?;
+            self.stop_vcpus();
+            self.exit = Some(event.into());
+        }
+        self.exit.clone()
     }
 
     /// Stops the guest now. A guest that had already stopped by itself keeps that as its
