@@ -148,6 +148,12 @@ impl Vcpu {
         let (Ok(r), Ok(s)) = (self.fd.get_regs(), self.fd.get_sregs()) else {
             return "its registers cannot be read".into();
         };
+        // KVM on AMD clears the VMCB and resets the vCPU when it sees the shutdown, so
+        // the registers read back are the reset vector's, not the crash's.
+        if r.rip == 0xfff0 && s.cs.selector == 0xf000 && s.cr0 & 1 == 0 {
+            return "KVM reset the vCPU on the shutdown (as on AMD), so where it faulted is lost"
+                .into();
+        }
         format!(
             "rip={:#x} rsp={:#x} rflags={:#x} cs={:#x} cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} \
              efer={:#x} idt={:#x}/{:#x} gdt={:#x}/{:#x}",
