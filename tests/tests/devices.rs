@@ -76,16 +76,20 @@ fn sixty_four_concurrent_vsock_streams_each_echo_one_mib() {
     let dir = TempDir::new("echo");
     let uds = dir.join("vsock.sock");
     let initrd = test_initramfs();
-    let child = Command::new(runm_bin())
+    let log = dir.join("runm.log");
+    let mut child = Command::new(runm_bin())
         .args(["boot", "--no-agent", "--timeout", "600"])
         .arg("--initrd")
         .arg(&initrd)
         .arg("--vsock-socket")
         .arg(&uds)
         .args(["--cmdline", &format!("runm.test=echo:{STREAMS}")])
+        // Why a stream ended early is in the vsock device's log. It goes to a file: a
+        // pipe nobody reads before the end would stall the VMM once it is full.
+        .env("RUST_LOG", "info,vmm::devices::virtio::vsock=debug")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .expect("spawn runm");
 
@@ -97,28 +101,42 @@ fn sixty_four_concurrent_vsock_streams_each_echo_one_mib() {
     let workers: Vec<_> = (0..STREAMS)
         .map(|i| {
             let uds = uds.clone();
-            std::thread::spawn(move || {
+            std::thread::spawn(move || -> Result<(), String> {
                 let stream = vsock_connect(&uds, 5000, deadline);
-                let mut reader = stream.try_clone().unwrap();
+                let mut reader = stream.try_clone().map_err(|e| e.to_string())?;
                 let data = pattern(i, LEN);
                 let expected = data.clone();
-                let writer = std::thread::spawn(move || {
+                let writer = std::thread::spawn(move || -> std::io::Result<()> {
                     let mut w = stream;
-                    w.write_all(&data).unwrap();
-                    w.shutdown(std::net::Shutdown::Write).unwrap();
+                    w.write_all(&data)?;
+                    w.shutdown(std::net::Shutdown::Write)
                 });
                 let mut echoed = Vec::with_capacity(LEN);
-                reader.read_to_end(&mut echoed).unwrap();
-                writer.join().unwrap();
-                assert_eq!(echoed.len(), LEN, "stream {i} echoed a wrong length");
-                assert!(echoed == expected, "stream {i} echoed different bytes");
+                let read = reader.read_to_end(&mut echoed);
+                let wrote = writer.join().expect("the writer thread panicked");
+                let at = format!("stream {i} ({} bytes back)", echoed.len());
+                wrote.map_err(|e| format!("{at}: write: {e}"))?;
+                read.map_err(|e| format!("{at}: read: {e}"))?;
+                if echoed.len() != LEN {
+                    return Err(format!("{at}: a wrong length"));
+                }
+                if echoed != expected {
+                    return Err(format!("{at}: different bytes"));
+                }
+                Ok(())
             })
         })
         .collect();
-    for w in workers {
-        w.join().expect("an echo stream failed");
+    let failed: Vec<String> = workers
+        .into_iter()
+        .filter_map(|w| w.join().expect("an echo worker panicked").err())
+        .collect();
+    if !failed.is_empty() {
+        let _ = child.kill();
     }
-    let out = child.wait_with_output().unwrap();
+    let mut out = child.wait_with_output().unwrap();
+    out.stderr = std::fs::read(&log).unwrap_or_default();
+    assert!(failed.is_empty(), "{failed:#?}\n{}", describe(&out));
     assert!(out.status.success(), "{}", describe(&out));
     let results = guest_results(&out);
     assert!(
