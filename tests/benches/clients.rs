@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use runm_tests::bundle::TestBundle;
-use runm_tests::clients::{Dockerd, Podman, IMAGE};
+use runm_tests::clients::{Client, Dockerd, Podman, IMAGE};
 use runm_tests::{median, runm_bin, TempDir};
 
 const RUNS: usize = 10;

@@ -124,6 +124,25 @@ fn wait_until_serving(probe: impl Fn() -> Command, log: &Path, within: Duration)
     }
 }
 
+/// A container client's command line, bound to its own state (and daemon, if any).
+pub trait Client {
+    /// The client's command with `args`, not yet run.
+    fn command(&self, args: &[&str]) -> Command;
+
+    /// The directory holding the client's state.
+    fn dir(&self) -> &Path;
+
+    /// Runs the client to completion (a test failure after `deadline`).
+    fn run(&self, args: &[&str], deadline: Duration) -> Output {
+        run_command(self.command(args), deadline, None)
+    }
+
+    /// Runs the client and asserts it succeeded; returns its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        succeed(self.command(args))
+    }
+}
+
 /// podman with its own storage, run root and containers.conf, and runm as its runtime.
 #[derive(Debug)]
 pub struct Podman {
@@ -148,11 +167,6 @@ impl Podman {
         podman
     }
 
-    /// `podman ARGS` with runm as the runtime.
-    pub fn command(&self, args: &[&str]) -> Command {
-        self.command_with(&runm_bin(), args)
-    }
-
     /// `podman ARGS` with `runtime` (a runc-compatible binary).
     pub fn command_with(&self, runtime: &Path, args: &[&str]) -> Command {
         let mut c = Command::new("podman");
@@ -167,24 +181,21 @@ impl Podman {
         c
     }
 
-    /// Runs `podman ARGS` to completion (a test failure after `deadline`).
-    pub fn run(&self, args: &[&str], deadline: Duration) -> Output {
-        run_command(self.command(args), deadline, None)
-    }
-
-    /// Runs `podman ARGS` and asserts it succeeded; returns its stdout.
-    pub fn ok(&self, args: &[&str]) -> String {
-        succeed(self.command(args))
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// Removes every container and image, asserting podman managed to.
     pub fn clean_up(&self) {
         self.ok(&["rm", "--all", "--force", "--time", "0"]);
         self.ok(&["rmi", "--all", "--force"]);
+    }
+}
+
+impl Client for Podman {
+    /// `podman ARGS` with runm as the runtime.
+    fn command(&self, args: &[&str]) -> Command {
+        self.command_with(&runm_bin(), args)
+    }
+
+    fn dir(&self) -> &Path {
+        &self.dir
     }
 }
 
@@ -257,36 +268,13 @@ impl Containerd {
         let daemon = spawn_daemon(cmd, &log);
         let containerd = Self { dir, daemon };
         wait_until_serving(
-            || containerd.ctr(&["version"]),
+            || containerd.command(&["version"]),
             &log,
             Duration::from_secs(60),
         );
         let archive = busybox_image_archive(parent);
         containerd.ok(&["image", "import", archive.to_str().unwrap()]);
         containerd
-    }
-
-    /// `ctr ARGS` against this daemon.
-    pub fn ctr(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("ctr");
-        c.arg("--address")
-            .arg(self.dir.join("containerd.sock"))
-            .args(args);
-        c
-    }
-
-    /// Runs `ctr ARGS` to completion (a test failure after `deadline`).
-    pub fn run(&self, args: &[&str], deadline: Duration) -> Output {
-        run_command(self.ctr(args), deadline, None)
-    }
-
-    /// Runs `ctr ARGS` and asserts it succeeded; returns its stdout.
-    pub fn ok(&self, args: &[&str]) -> String {
-        succeed(self.ctr(args))
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     /// Kills and deletes every task and container, removes the images, and asserts
@@ -305,20 +293,35 @@ impl Containerd {
     }
 }
 
+impl Client for Containerd {
+    /// `ctr ARGS` against this daemon.
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("ctr");
+        c.arg("--address")
+            .arg(self.dir.join("containerd.sock"))
+            .args(args);
+        c
+    }
+
+    fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
 impl Drop for Containerd {
     /// A failed test's tasks go too; then the daemon stops.
     fn drop(&mut self) {
         // A passing test already cleaned up and asserted it.
         if std::thread::panicking() {
             let ids = run_command(
-                self.ctr(&["container", "list", "--quiet"]),
+                self.command(&["container", "list", "--quiet"]),
                 Duration::from_secs(30),
                 None,
             );
             for id in String::from_utf8_lossy(&ids.stdout).lines() {
                 let t = Duration::from_secs(60);
-                let _ = run_command(self.ctr(&["task", "delete", "--force", id]), t, None);
-                let _ = run_command(self.ctr(&["container", "delete", id]), t, None);
+                let _ = run_command(self.command(&["task", "delete", "--force", id]), t, None);
+                let _ = run_command(self.command(&["container", "delete", id]), t, None);
             }
         }
         let _ = send_signal(self.daemon.id(), "TERM");
@@ -370,29 +373,6 @@ impl Dockerd {
         docker
     }
 
-    /// `docker ARGS` against this daemon.
-    pub fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(DOCKER);
-        c.arg("--host")
-            .arg(format!("unix://{}", self.dir.join("docker.sock").display()))
-            .args(args);
-        c
-    }
-
-    /// Runs `docker ARGS` to completion (a test failure after `deadline`).
-    pub fn run(&self, args: &[&str], deadline: Duration) -> Output {
-        run_command(self.command(args), deadline, None)
-    }
-
-    /// Runs `docker ARGS` and asserts it succeeded; returns its stdout.
-    pub fn ok(&self, args: &[&str]) -> String {
-        succeed(self.command(args))
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// Removes every container and image, and asserts that none is listed any more.
     pub fn clean_up(&self) {
         let ids = self.ok(&["ps", "--all", "--quiet"]);
@@ -402,6 +382,21 @@ impl Dockerd {
         self.ok(&["rmi", "--force", IMAGE]);
         assert_eq!(self.ok(&["ps", "--all", "--quiet"]), "");
         assert_eq!(self.ok(&["images", "--quiet"]), "");
+    }
+}
+
+impl Client for Dockerd {
+    /// `docker ARGS` against this daemon.
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(DOCKER);
+        c.arg("--host")
+            .arg(format!("unix://{}", self.dir.join("docker.sock").display()))
+            .args(args);
+        c
+    }
+
+    fn dir(&self) -> &Path {
+        &self.dir
     }
 }
 

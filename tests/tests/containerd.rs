@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use runm_tests::clients::{host_kernel_release, Containerd, IMAGE};
+use runm_tests::clients::{host_kernel_release, Client, Containerd, IMAGE};
 use runm_tests::*;
 
 /// One ctr command: a microVM boot in the emulated test host, and containerd's own work.

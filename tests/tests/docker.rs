@@ -7,7 +7,7 @@
 use std::process::Output;
 use std::time::Duration;
 
-use runm_tests::clients::{host_kernel_release, run_with_a_terminal, Dockerd, IMAGE};
+use runm_tests::clients::{host_kernel_release, run_with_a_terminal, Client, Dockerd, IMAGE};
 use runm_tests::*;
 
 /// One docker command: a microVM boot in the emulated test host, and Docker's own work.

@@ -5,7 +5,7 @@
 use std::process::Output;
 use std::time::Duration;
 
-use runm_tests::clients::{host_kernel_release, run_with_a_terminal, Podman, IMAGE};
+use runm_tests::clients::{host_kernel_release, run_with_a_terminal, Client, Podman, IMAGE};
 use runm_tests::*;
 
 /// One podman command: a microVM boot in the emulated test host, and podman's own work.
