@@ -169,7 +169,7 @@ pub fn run_sandbox(root: &Root, id: &str, console_socket: Option<&Path>) -> i32 
             status
         }
         Ok(Ended::Vm(reason)) => {
-            log::error!("the microVM stopped ({reason:?}) before the container's process ended");
+            log::error!("the microVM stopped ({reason}) before the container's process ended");
             // The waiter's connection closed with the VM: it reports a kill.
             let status = match rx.recv_timeout(OUTPUT_GRACE + CALL_TIMEOUT) {
                 Ok(Ended::Process(status)) => status,

@@ -61,28 +61,33 @@ fn a_hung_guest_is_killed_at_the_timeout() {
 
 #[test]
 fn a_guest_that_dies_while_booting_ends_the_wait_at_once() {
+    // No init: the kernel panics and (panic=-1) resets the VM through the i8042 long
+    // before the timeout.
+    boot_without_init("", "the guest reset itself");
+}
+
+#[test]
+fn a_guest_that_triple_faults_is_reported_as_a_crash() {
+    // The same panic, but the kernel resets by triple-faulting: runm names the crash
+    // rather than calling it a reset.
+    boot_without_init(" reboot=t", "the guest triple-faulted (it crashed)");
+}
+
+/// Boots a guest whose kernel finds no init, and checks that runm stops waiting for the
+/// agent with `how` the guest stopped.
+fn boot_without_init(cmdline: &str, how: &str) {
     require_kvm();
     let _vm = vm_lock();
-    // No init: the kernel panics and (panic=-1) resets the VM long before the timeout.
+    let cmdline = format!("rdinit=/no-such-init{cmdline}");
     let out = run_runm(
-        &[
-            "boot",
-            "--timeout",
-            "300",
-            "--cmdline",
-            "rdinit=/no-such-init",
-        ],
+        &["boot", "--timeout", "300", "--cmdline", &cmdline],
         DEADLINE,
     );
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
-    assert!(
-        stderr(&out).contains(
-            "cannot reach the guest agent: the guest stopped before its agent answered \
-             (the guest reset itself)"
-        ),
-        "{}",
-        describe(&out)
+    let want = format!(
+        "cannot reach the guest agent: the guest stopped before its agent answered ({how})"
     );
+    assert!(stderr(&out).contains(&want), "{}", describe(&out));
     assert_no_runm_left();
 }
 

@@ -18,8 +18,11 @@ use crate::vstate::vm::Vm;
 /// How the guest stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExitReason {
-    /// The guest reset itself (i8042 reset or triple fault): runm guests power off this way.
+    /// The guest reset itself through the i8042: runm guests power off this way.
     GuestShutdown,
+    /// The guest triple-faulted: a guest crash, never a power-off of runm's guests, so
+    /// users (and test harnesses) can tell the two apart.
+    TripleFault,
     /// The host stopped the VM.
     Killed,
     /// A vCPU could not go on.
@@ -44,6 +47,7 @@ impl std::fmt::Display for ExitReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ExitReason::GuestShutdown => write!(f, "the guest reset itself"),
+            ExitReason::TripleFault => write!(f, "the guest triple-faulted (it crashed)"),
             ExitReason::Killed => write!(f, "the host stopped it"),
             ExitReason::VcpuFailed { id, reason } => write!(f, "vCPU {id} failed: {reason}"),
         }
@@ -55,7 +59,7 @@ impl From<VmEvent> for ExitReason {
         match event {
             VmEvent::Reset => ExitReason::GuestShutdown,
             VmEvent::Vcpu(VcpuExited { id, why }) => match why {
-                VcpuStop::Shutdown => ExitReason::GuestShutdown,
+                VcpuStop::TripleFault => ExitReason::TripleFault,
                 VcpuStop::Kicked => ExitReason::Killed,
                 VcpuStop::Failed(reason) => ExitReason::VcpuFailed { id, reason },
             },

@@ -34,7 +34,7 @@ pub enum VcpuError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VcpuStop {
     /// The guest triple-faulted (a `reboot=t` reboot, or a fatal guest bug).
-    Shutdown,
+    TripleFault,
     /// The host asked the vCPU to stop.
     Kicked,
     /// KVM could not go on running the guest.
@@ -206,7 +206,7 @@ impl Vcpu {
                         self.id,
                         self.where_now()
                     );
-                    break VcpuStop::Shutdown;
+                    break VcpuStop::TripleFault;
                 }
                 Ok(VcpuExit::Hlt) => break VcpuStop::Failed("vCPU halted".into()),
                 Ok(VcpuExit::FailEntry(reason, cpu)) => {
