@@ -24,6 +24,17 @@ fn run(podman: &Podman, opts: &[&str], cmd: &[&str]) -> Output {
     podman.run(&args, T)
 }
 
+/// `podman run -d --network none --name NAME IMAGE CMD...`, then asserts podman lists it
+/// as up.
+fn run_detached(podman: &Podman, name: &str, cmd: &[&str]) {
+    let mut args = vec!["run", "-d", "--network", "none", "--name", name, IMAGE];
+    args.extend_from_slice(cmd);
+    podman.ok(&args);
+    let ps = podman.ok(&["ps", "--format", "{{.Names}} {{.Status}}"]);
+    let up = format!("{name} Up");
+    assert!(ps.lines().any(|l| l.starts_with(&up)), "{ps}");
+}
+
 /// Every container, image, runm and virtiofsd gone, no mount left in podman's storage.
 fn assert_clean(podman: &Podman) {
     podman.clean_up();
@@ -167,22 +178,9 @@ fn detached_containers_take_exec_logs_ps_stop_and_kill() {
     let podman = Podman::new(&tmp);
     let script = "echo started; trap 'echo got-term; exit 3' TERM; \
                   while true; do sleep 0.2; done";
-    podman.ok(&[
-        "run",
-        "-d",
-        "--network",
-        "none",
-        "--name",
-        "c1",
-        IMAGE,
-        "sh",
-        "-c",
-        script,
-    ]);
     // One microVM at a time: two nested VMs at once crash the emulated test host's kernel
-    // (see tests/testhost/README.md).
-    let ps = podman.ok(&["ps", "--format", "{{.Names}} {{.Status}}"]);
-    assert!(ps.lines().any(|l| l.starts_with("c1 Up")), "{ps}");
+    // (see tests/testhost/README.md), so c2 starts after c1 has stopped.
+    run_detached(&podman, "c1", &["sh", "-c", script]);
 
     let out = podman.run(&["exec", "c1", "sh", "-c", "echo exec-out; exit 5"], T);
     assert_eq!(out.status.code(), Some(5), "{}", describe(&out));
@@ -200,19 +198,7 @@ fn detached_containers_take_exec_logs_ps_stop_and_kill() {
     let logs = podman.ok(&["logs", "c1"]);
     assert_eq!(logs, "started\ngot-term\n");
 
-    podman.ok(&[
-        "run",
-        "-d",
-        "--network",
-        "none",
-        "--name",
-        "c2",
-        IMAGE,
-        "sleep",
-        "1000",
-    ]);
-    let ps = podman.ok(&["ps", "--format", "{{.Names}} {{.Status}}"]);
-    assert!(ps.lines().any(|l| l.starts_with("c2 Up")), "{ps}");
+    run_detached(&podman, "c2", &["sleep", "1000"]);
     podman.ok(&["kill", "c2"]);
     let code = podman.ok(&["wait", "c2"]);
     assert_eq!(code.trim(), "137");

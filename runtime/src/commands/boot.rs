@@ -79,9 +79,8 @@ pub fn run(args: BootArgs) -> anyhow::Result<i32> {
     };
     match exit {
         ExitReason::GuestShutdown => Ok(0),
-        ExitReason::TripleFault => bail!("the guest triple-faulted (it crashed)"),
         ExitReason::Killed => bail!("the microVM was stopped from the host"),
-        ExitReason::VcpuFailed { id, reason } => bail!("vCPU {id} failed: {reason}"),
+        crash @ (ExitReason::TripleFault | ExitReason::VcpuFailed { .. }) => bail!("{crash}"),
     }
 }
 
