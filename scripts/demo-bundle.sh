@@ -7,7 +7,11 @@ busybox=/bin/busybox
 rm -rf "$dir"
 mkdir -p "$dir/rootfs/bin" "$dir/rootfs/proc" "$dir/rootfs/sys" "$dir/rootfs/dev" "$dir/rootfs/tmp"
 cp "$busybox" "$dir/rootfs/bin/busybox"
-for applet in $("$busybox" --list); do ln -sf busybox "$dir/rootfs/bin/$applet"; done
+# Debian's busybox lists itself among its applets: linking that name would turn the
+# copied binary into a link to itself.
+for applet in $("$busybox" --list); do
+    [ "$applet" = busybox ] || ln -sf busybox "$dir/rootfs/bin/$applet"
+done
 "$runm" spec --bundle "$dir"
 python3 - "$dir/config.json" <<'PY'
 import json, sys
