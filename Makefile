@@ -58,9 +58,18 @@ virtiofsd: deps
 	fi
 
 # Built once: later runs reuse it (debootstrap needs the network, the test host has none).
+# The mirror is the one this machine's APT already uses for bookworm's main component.
 $(DEBIAN_ROOTFS)/etc/debian_version: | deps
 	rm -rf $(DEBIAN_ROOTFS).tmp
-	debootstrap --variant=minbase bookworm $(DEBIAN_ROOTFS).tmp http://deb.debian.org/debian >/dev/null
+	@mirror() { apt-get indextargets --format '$$(REPO_URI)' 'Identifier: Packages' \
+	  'Release: bookworm' 'Component: main' | head -n 1; }; \
+	m=$$(mirror); [ -n "$$m" ] || { apt-get update -qq; m=$$(mirror); }; mirror=$$m; \
+	if [ -z "$$mirror" ]; then \
+	  echo "make: no APT source serves Debian bookworm's main component (see /etc/apt/sources.list.d/); debootstrap needs one" >&2; \
+	  exit 1; \
+	fi; \
+	echo "debootstrap bookworm from $$mirror"; \
+	debootstrap --variant=minbase bookworm $(DEBIAN_ROOTFS).tmp "$$mirror" >/dev/null
 	rm -rf $(DEBIAN_ROOTFS); mv $(DEBIAN_ROOTFS).tmp $(DEBIAN_ROOTFS)
 
 # The agent is PID 1 of a guest with no libc: link it statically.
