@@ -41,15 +41,15 @@ pub fn phase(name: &str, since: std::time::Instant) {
     log::debug!("phase {name} {:.1}", since.elapsed().as_secs_f64() * 1000.0);
 }
 
-/// The vsock socket of a container's VM.
-pub fn vsock_path(dir: &Path) -> PathBuf {
-    dir.join(VSOCK_SOCK)
+/// The vsock socket of a container's VM, in its socket directory `sockets`.
+pub fn vsock_path(sockets: &Path) -> PathBuf {
+    sockets.join(VSOCK_SOCK)
 }
 
-/// A client for the agent of the container whose state is in `dir`.
-pub fn agent(dir: &Path) -> anyhow::Result<AgentClient> {
+/// A client for the agent of the container whose sockets are in `sockets`.
+pub fn agent(sockets: &Path) -> anyhow::Result<AgentClient> {
     AgentClient::connect(
-        &vsock_path(dir),
+        &vsock_path(sockets),
         runm_protocol::AGENT_PORT,
         Duration::from_secs(10),
     )
@@ -118,8 +118,8 @@ pub fn wait_exit(uds: &Path, key: &ProcessKey, mut relay: Relay) -> i32 {
 /// `runm sandbox <id>`: boots the VM, creates the container, reports to `runm create`,
 /// then waits for the container to end and exits with its status.
 pub fn run_sandbox(root: &Root, id: &str, console_socket: Option<&Path>) -> i32 {
-    let dir = root.dir(id);
-    let reporter = crate::ready::Reporter::connect(&dir.join(READY_SOCK));
+    let sockets = root.sockets_dir(id);
+    let reporter = crate::ready::Reporter::connect(&sockets.join(READY_SOCK));
     let started = start_container(root, id, console_socket);
     // `_fs` serves the container's files until the end.
     let (sandbox, relay, _raw, _fs) = match (started, reporter) {
@@ -140,7 +140,7 @@ pub fn run_sandbox(root: &Root, id: &str, console_socket: Option<&Path>) -> i32 
             return 1;
         }
     };
-    let uds = vsock_path(&dir);
+    let uds = vsock_path(&sockets);
     let key = ProcessKey::init(id);
     if let Err(e) = crate::signals::forward_to_guest(uds.clone(), key.clone()) {
         log::warn!("cannot forward signals: {e}");
@@ -220,14 +220,14 @@ fn start_container(
     id: &str,
     console_socket: Option<&Path>,
 ) -> anyhow::Result<Started> {
-    let dir = root.dir(id);
+    let (dir, sockets) = (root.dir(id), root.sockets_dir(id));
     let bundle_dir = root.lock(id)?.load_raw()?.bundle;
     let bundle = Bundle::load(&bundle_dir)?;
     let config = Config::load()?;
     let (vcpus, mem_mib) = bundle.vm_size()?;
     let plan = crate::mounts::plan(&bundle, Path::new(SHARED_DIR))?;
     let t = std::time::Instant::now();
-    let fs = start_fs_server(&dir, &bundle, &plan, &config)?;
+    let fs = start_fs_server((&dir, &sockets), &bundle, &plan, &config)?;
     phase("fs_server", t);
     let console_log = dir.join(CONSOLE_LOG);
     let serial = std::fs::File::create(&console_log)
@@ -252,7 +252,7 @@ fn start_container(
         disks,
         vsock: Some(VsockConfig {
             guest_cid: GUEST_CID,
-            uds_path: vsock_path(&dir),
+            uds_path: vsock_path(&sockets),
         }),
         fs: fs
             .iter()
@@ -290,7 +290,7 @@ fn start_container(
 
 /// Starts virtiofsd when anything of the host's is shared into the guest.
 fn start_fs_server(
-    dir: &Path,
+    (dir, sockets): (&Path, &Path),
     bundle: &Bundle,
     plan: &Plan,
     config: &Config,
@@ -308,7 +308,13 @@ fn start_fs_server(
         None => config.virtiofs_cache.unwrap_or_default(),
     };
     let binary = guest_assets::locate(Asset::Virtiofsd, config.virtiofsd.clone())?;
-    Ok(Some(FsServer::start(dir, &plan.shares, &binary, cache)?))
+    Ok(Some(FsServer::start(
+        dir,
+        sockets,
+        &plan.shares,
+        &binary,
+        cache,
+    )?))
 }
 
 fn create_in_guest(
@@ -318,7 +324,7 @@ fn create_in_guest(
     plan: &Plan,
     console_socket: Option<&Path>,
 ) -> anyhow::Result<(Relay, Option<RawGuard>)> {
-    let dir = root.dir(id);
+    let sockets = root.sockets_dir(id);
     let (stdio, raw) = host_stdio(bundle.terminal(), console_socket)?;
     let rootfs = match &plan.root {
         RootSource::Shared { name } => Rootfs::Shared { path: name.clone() },
@@ -336,7 +342,7 @@ fn create_in_guest(
         rootfs,
         shared_fs: (!plan.shares.is_empty()).then(|| virtiofs::TAG.to_string()),
     };
-    let (relay, guest_pid) = launch(&vsock_path(&dir), &ProcessKey::init(id), stdio, &create)
+    let (relay, guest_pid) = launch(&vsock_path(&sockets), &ProcessKey::init(id), stdio, &create)
         .context("cannot create the container in the guest")?;
     let locked = root.lock(id)?;
     let mut st = locked.load_raw()?;

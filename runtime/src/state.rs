@@ -1,5 +1,13 @@
 //! Container state on the host: one directory per container under `--root`, holding
-//! `state.json`, the VM's vsock socket, the rootfs image and the console log.
+//! `state.json`, the console and file-server logs and the shared directory, and one
+//! directory per container under [`SOCKETS_BASE`] holding its Unix sockets (the VM's
+//! vsock socket, virtiofsd's, the host processes' report sockets).
+//!
+//! The sockets live apart because a `--root` may be on any filesystem (an NFS home, a
+//! 9p or virtio-fs share, overlayfs), and not all of them can hold a socket; and
+//! `sun_path` is short. Their directory is named by a hash of the root and the id, so
+//! it is found again from those two alone, even after a killed `create` left no state
+//! (containerd keeps its shims' sockets under `/run/containerd/s/` the same way).
 //!
 //! Commands on one container serialize on an exclusive `flock` of `<dir>/lock`. The
 //! host process that owns the VM records the container's end itself; when it died
@@ -17,6 +25,10 @@ use serde::{Deserialize, Serialize};
 
 const STATE_FILE: &str = "state.json";
 const LOCK_FILE: &str = "lock";
+/// Where the containers' socket directories are made.
+pub const SOCKETS_BASE: &str = "/run/runm-sockets";
+/// Hex digits of the hash that names a socket directory (128 bits).
+const SOCKETS_NAME_LEN: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -162,6 +174,15 @@ pub fn process_start_time(pid: i32) -> Option<u64> {
     fields.get(19)?.parse().ok()
 }
 
+/// Makes `dir` (and its parents) readable by root alone.
+fn make_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
 fn process_alive(pid: i32, start: u64) -> bool {
     process_start_time(pid).is_some_and(|s| start == 0 || s == start)
 }
@@ -183,18 +204,61 @@ impl Root {
         self.path.join(id)
     }
 
-    /// Makes the directory of a new container; fails if the id is taken.
+    /// The directory of the container's Unix sockets: [`SOCKETS_BASE`]`/<hash>`, the
+    /// hash of this root's absolute path and the id.
+    pub fn sockets_dir(&self, id: &str) -> PathBuf {
+        use sha2::Digest;
+        let root = self
+            .path
+            .canonicalize()
+            .or_else(|_| std::path::absolute(&self.path))
+            .unwrap_or_else(|_| self.path.clone());
+        let mut hash = sha2::Sha256::new();
+        hash.update(root.as_os_str().as_encoded_bytes());
+        hash.update([0]);
+        hash.update(id.as_bytes());
+        let name: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        Path::new(SOCKETS_BASE).join(&name[..SOCKETS_NAME_LEN])
+    }
+
+    /// Makes the directories of a new container; fails if the id is taken.
     pub fn create_dir(&self, id: &str) -> Result<PathBuf, StateError> {
         validate_id(id)?;
         std::fs::create_dir_all(&self.path).map_err(io(&self.path))?;
         let dir = self.dir(id);
         match std::fs::create_dir(&dir) {
-            Ok(()) => Ok(dir),
+            Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                Err(StateError::Exists(id.to_string()))
+                return Err(StateError::Exists(id.to_string()))
             }
-            Err(e) => Err(io(&dir)(e)),
+            Err(e) => return Err(io(&dir)(e)),
         }
+        let sockets = self.sockets_dir(id);
+        let made = make_private_dir(Path::new(SOCKETS_BASE)).and_then(|()| {
+            // A socket directory without a state directory is a killed create's leftover.
+            match std::fs::remove_dir_all(&sockets) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+            make_private_dir(&sockets)
+        });
+        if let Err(e) = made {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(io(&sockets)(e));
+        }
+        Ok(dir)
+    }
+
+    /// Removes a container's directories and everything in them; a missing one is no
+    /// error.
+    pub fn remove_dirs(&self, id: &str) -> Result<(), StateError> {
+        for dir in [self.sockets_dir(id), self.dir(id)] {
+            match std::fs::remove_dir_all(&dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&dir)(e)),
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// Locks an existing container for the rest of a command.
@@ -217,6 +281,8 @@ impl Root {
         }
         Ok(Locked {
             dir,
+            sockets: self.sockets_dir(id),
+            root: self.clone(),
             id: id.to_string(),
             _lock: lock,
         })
@@ -243,6 +309,8 @@ impl Root {
 #[derive(Debug)]
 pub struct Locked {
     dir: PathBuf,
+    sockets: PathBuf,
+    root: Root,
     id: String,
     _lock: Flock<File>,
 }
@@ -250,6 +318,11 @@ pub struct Locked {
 impl Locked {
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The directory of the container's Unix sockets.
+    pub fn sockets(&self) -> &Path {
+        &self.sockets
     }
 
     /// Reads `state.json` as recorded (no liveness check).
@@ -286,9 +359,9 @@ impl Locked {
         std::fs::rename(&tmp, &path).map_err(io(&path))
     }
 
-    /// Removes the container's directory and everything in it.
+    /// Removes the container's directories and everything in them.
     pub fn remove(self) -> Result<(), StateError> {
-        std::fs::remove_dir_all(&self.dir).map_err(io(&self.dir))
+        self.root.remove_dirs(&self.id)
     }
 }
 
@@ -343,6 +416,41 @@ mod tests {
             root.lock("c1").unwrap_err(),
             StateError::NotFound(_)
         ));
+        std::fs::remove_dir_all(root.path).unwrap();
+    }
+
+    #[test]
+    fn socket_dirs_are_short_and_one_per_root_and_id() {
+        let a = Root::new(Path::new("/some/root"));
+        let b = Root::new(Path::new("/other/root"));
+        assert_eq!(a.sockets_dir("c"), a.sockets_dir("c"));
+        assert_ne!(a.sockets_dir("c"), a.sockets_dir("d"));
+        assert_ne!(a.sockets_dir("c"), b.sockets_dir("c"));
+        // A relative root names the same directory as its absolute path.
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(
+            Root::new(Path::new("rel")).sockets_dir("c"),
+            Root::new(&cwd.join("rel")).sockets_dir("c")
+        );
+        // Room in sun_path (108 bytes) for the VMM's `vsock.sock_<port>` and more.
+        let long_id = "x".repeat(runm_protocol::MAX_ID_LEN);
+        let dir = a.sockets_dir(&long_id);
+        assert!(dir.as_os_str().len() < 60, "{}", dir.display());
+    }
+
+    #[test]
+    fn removing_a_container_removes_its_socket_dir() {
+        let root = Root::new(&temp_root("sockets"));
+        root.create_dir("c1").unwrap();
+        let sockets = root.sockets_dir("c1");
+        assert!(sockets.is_dir());
+        root.lock("c1").unwrap().remove().unwrap();
+        assert!(!sockets.exists() && !root.dir("c1").exists());
+        // A socket directory a killed create left behind is replaced, not an error.
+        std::fs::create_dir_all(root.sockets_dir("c2")).unwrap();
+        root.create_dir("c2").unwrap();
+        root.remove_dirs("c2").unwrap();
+        root.remove_dirs("c2").unwrap();
         std::fs::remove_dir_all(root.path).unwrap();
     }
 

@@ -103,9 +103,10 @@ pub struct FsServer {
 
 impl FsServer {
     /// Prepares `<state_dir>/shared` with a mount point per share and starts virtiofsd
-    /// on it.
+    /// on it, listening in `sockets_dir`.
     pub fn start(
         state_dir: &Path,
+        sockets_dir: &Path,
         shares: &[Share],
         binary: &Path,
         cache: CacheMode,
@@ -126,7 +127,7 @@ impl FsServer {
             }
             .map_err(prepare(&target))?;
         }
-        let socket = state_dir.join(SOCKET);
+        let socket = sockets_dir.join(SOCKET);
         let listener = vmm::uds::bind(&socket).map_err(prepare(&socket))?;
         let log = state_dir.join(LOG);
         let log_file = File::create(&log).map_err(prepare(&log))?;

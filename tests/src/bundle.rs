@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use crate::{run_runm_in, runm_bin, TempDir};
+use crate::{assert_no_socket_dirs_left, run_runm_in, runm_bin, TempDir};
 
 /// The static busybox the rootfs is made of (Debian's busybox-static).
 const BUSYBOX: &str = "/bin/busybox";
@@ -159,6 +159,7 @@ impl Runm {
             .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
             .unwrap_or_default();
         assert!(left.is_empty(), "state left behind: {left:?}");
+        assert_no_socket_dirs_left();
     }
 
     pub fn root(&self) -> &Path {

@@ -221,6 +221,18 @@ pub fn assert_no_runm_left() {
     }
 }
 
+/// Where runm keeps its containers' socket directories (the runtime's `SOCKETS_BASE`).
+pub const SOCKETS_BASE: &str = "/run/runm-sockets";
+
+/// Asserts that no container's socket directory is left (the tests run one container
+/// at a time, each in a test host with a fresh `/run`).
+pub fn assert_no_socket_dirs_left() {
+    let left: Vec<_> = std::fs::read_dir(SOCKETS_BASE)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "socket directories left behind: {left:?}");
+}
+
 /// stdout and stderr of a finished command, for assertion messages.
 pub fn describe(out: &Output) -> String {
     format!(

@@ -74,11 +74,11 @@ fn create_container(
     crate::mounts::plan(&bundle, Path::new(runm_protocol::SHARED_DIR))?;
     let config = Config::load()?;
     let root = Root::new(&global.root);
-    let dir = root.create_dir(&args.id)?;
+    root.create_dir(&args.id)?;
     let result = spawn_and_wait(global, &root, args, &bundle, &config);
     if result.is_err() {
-        if let Err(e) = std::fs::remove_dir_all(&dir) {
-            log::warn!("cannot remove {}: {e}", dir.display());
+        if let Err(e) = root.remove_dirs(&args.id) {
+            log::warn!("{e}");
         }
     }
     result
@@ -103,7 +103,7 @@ fn spawn_and_wait(
         annotations: bundle.annotations(),
         exit_status: None,
     })?;
-    let ready = ReadyListener::bind(&locked.dir().join(READY_SOCK))
+    let ready = ReadyListener::bind(&locked.sockets().join(READY_SOCK))
         .context("cannot make the host process's report socket")?;
     drop(locked);
     let mut cmd = self_command(global)?;

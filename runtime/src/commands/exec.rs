@@ -22,7 +22,7 @@ pub fn exec(global: &GlobalOpts, args: &ExecArgs) -> anyhow::Result<i32> {
         bail!("--preserve-fds: host file descriptors cannot be passed into a microVM");
     }
     let root = Root::new(&global.root);
-    let (dir, bundle_dir) = {
+    let (dir, sockets, bundle_dir) = {
         let locked = root.lock(&args.id)?;
         let state = locked.load()?;
         match state.status {
@@ -31,7 +31,11 @@ pub fn exec(global: &GlobalOpts, args: &ExecArgs) -> anyhow::Result<i32> {
             Status::Paused => bail!("cannot exec in a paused container (use --ignore-paused)"),
             status => bail!("cannot exec in a {status} container"),
         }
-        (locked.dir().to_path_buf(), state.bundle)
+        (
+            locked.dir().to_path_buf(),
+            locked.sockets().to_path_buf(),
+            state.bundle,
+        )
     };
     let process = build_process(&bundle_dir, args)?;
     let terminal = process.terminal().unwrap_or(false);
@@ -41,10 +45,10 @@ pub fn exec(global: &GlobalOpts, args: &ExecArgs) -> anyhow::Result<i32> {
     let exec_id = random_id()?;
     let spec = serde_json::to_value(&process)?;
     if args.detach {
-        return spawn_detached(global, args, &dir, &exec_id, &spec);
+        return spawn_detached(global, args, (&dir, &sockets), &exec_id, &spec);
     }
     let key = ProcessKey::exec(&args.id, &exec_id);
-    let uds = host::vsock_path(&dir);
+    let uds = host::vsock_path(&sockets);
     let (stdio, _raw) = host::host_stdio(terminal, args.console_socket.as_deref())?;
     let request = Request::Exec {
         process: key.clone(),
@@ -146,14 +150,14 @@ fn random_id() -> anyhow::Result<String> {
 fn spawn_detached(
     global: &GlobalOpts,
     args: &ExecArgs,
-    dir: &Path,
+    (dir, sockets): (&Path, &Path),
     exec_id: &str,
     spec: &serde_json::Value,
 ) -> anyhow::Result<i32> {
     let spec_path = dir.join(format!("exec-{exec_id}.json"));
     std::fs::write(&spec_path, spec.to_string())
         .with_context(|| format!("cannot write {}", spec_path.display()))?;
-    let ready = ReadyListener::bind(&dir.join(format!("exec-{exec_id}.sock")))?;
+    let ready = ReadyListener::bind(&sockets.join(format!("exec-{exec_id}.sock")))?;
     let mut cmd = super::create::self_command(global)?;
     cmd.args(["exec-host", &args.id, exec_id]);
     let spawned = super::create::spawn_host(
@@ -170,9 +174,10 @@ fn spawn_detached(
 
 /// `runm exec-host <id> <exec-id>`: runs a detached exec and exits with its status.
 pub fn exec_host(global: &GlobalOpts, args: &ExecHostArgs) -> i32 {
-    let dir = Root::new(&global.root).dir(&args.id);
-    let reporter = Reporter::connect(&dir.join(format!("exec-{}.sock", args.exec_id)));
-    let started = start_detached(&dir, args);
+    let root = Root::new(&global.root);
+    let (dir, sockets) = (root.dir(&args.id), root.sockets_dir(&args.id));
+    let reporter = Reporter::connect(&sockets.join(format!("exec-{}.sock", args.exec_id)));
+    let started = start_detached(&dir, &sockets, args);
     match (started, reporter) {
         (Ok((uds, key, relay)), Ok(r)) => {
             r.ok();
@@ -195,6 +200,7 @@ pub fn exec_host(global: &GlobalOpts, args: &ExecHostArgs) -> i32 {
 
 fn start_detached(
     dir: &Path,
+    sockets: &Path,
     args: &ExecHostArgs,
 ) -> anyhow::Result<(PathBuf, ProcessKey, crate::relay::Relay)> {
     let spec_path = dir.join(format!("exec-{}.json", args.exec_id));
@@ -204,7 +210,7 @@ fn start_detached(
     )?;
     let terminal = spec["terminal"].as_bool().unwrap_or(false);
     let key = ProcessKey::exec(&args.id, &args.exec_id);
-    let uds = host::vsock_path(dir);
+    let uds = host::vsock_path(sockets);
     let (stdio, _raw) = host::host_stdio(terminal, args.console_socket.as_deref())?;
     let request = Request::Exec {
         process: key.clone(),

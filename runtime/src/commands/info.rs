@@ -79,7 +79,7 @@ pub fn ps(global: &GlobalOpts, args: &PsArgs) -> anyhow::Result<i32> {
     if matches!(state.status, Status::Stopped | Status::Creating) {
         bail!("container {} is not running", args.id);
     }
-    let response = host::agent(locked.dir())?.call(
+    let response = host::agent(locked.sockets())?.call(
         &Request::Processes {
             id: args.id.clone(),
         },
@@ -119,7 +119,7 @@ pub fn events(global: &GlobalOpts, args: &EventsArgs) -> anyhow::Result<i32> {
             if matches!(state.status, Status::Stopped | Status::Creating) {
                 bail!("container {} is not running", args.id);
             }
-            let response = host::agent(locked.dir())?.call(
+            let response = host::agent(locked.sockets())?.call(
                 &Request::Stats {
                     id: args.id.clone(),
                 },

@@ -36,7 +36,8 @@ pub fn start_container(global: &GlobalOpts, id: &str) -> anyhow::Result<()> {
         .ok()
         .and_then(|b| b.spec.hooks().clone());
     hooks::run(hooks.as_ref(), HookPoint::StartContainer, &state.oci_json())?;
-    host::agent(locked.dir())?.call_ok(&Request::StartContainer { id: id.into() }, CALL_TIMEOUT)?;
+    host::agent(locked.sockets())?
+        .call_ok(&Request::StartContainer { id: id.into() }, CALL_TIMEOUT)?;
     state.status = Status::Running;
     locked.save(&state)?;
     // The spec: a failing poststart hook is logged, the container keeps running.
@@ -58,7 +59,7 @@ pub fn kill_cmd(global: &GlobalOpts, args: &KillArgs) -> anyhow::Result<i32> {
         signal,
         all: args.all,
     };
-    host::agent(locked.dir())?.call_ok(&request, CALL_TIMEOUT)?;
+    host::agent(locked.sockets())?.call_ok(&request, CALL_TIMEOUT)?;
     Ok(0)
 }
 
@@ -145,7 +146,7 @@ fn freeze(global: &GlobalOpts, id: &str, pause: bool) -> anyhow::Result<i32> {
     if state.status != from {
         bail!("container {id} is {}, not {from}", state.status);
     }
-    host::agent(locked.dir())?.call_ok(&request, CALL_TIMEOUT)?;
+    host::agent(locked.sockets())?.call_ok(&request, CALL_TIMEOUT)?;
     state.status = to;
     locked.save(&state)?;
     Ok(0)
