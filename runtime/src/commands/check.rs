@@ -61,6 +61,22 @@ impl Check {
     }
 }
 
+/// Why this host's `/dev/kvm` cannot boot runm's guest, in `runm check`'s words, if it
+/// cannot: `create` refuses at once instead of failing seconds later with KVM's own
+/// error (a PVM-backed `/dev/kvm` fails with "emulation failure" mid-boot).
+pub fn kvm_unusable() -> Option<String> {
+    let check = judge_kvm(&probe::probe_kvm(), nix::unistd::geteuid().as_raw());
+    match check.verdict {
+        Verdict::Ok(_) => None,
+        Verdict::Fail { problem, hint } => Some(format!(
+            "{}: {}; {} (`runm check` checks the whole host)",
+            check.subject,
+            one_line(&problem),
+            one_line(&hint)
+        )),
+    }
+}
+
 /// One line per check; a failure's hint on the line below it.
 fn render(checks: &[Check]) -> String {
     let mut out = String::new();

@@ -73,6 +73,9 @@ fn create_container(
     bundle.vm_size()?;
     crate::mounts::plan(&bundle, Path::new(runm_protocol::SHARED_DIR))?;
     let config = Config::load()?;
+    if let Some(why) = super::check::kvm_unusable() {
+        bail!("this host cannot run microVMs: {why}");
+    }
     let root = Root::new(&global.root);
     root.create_dir(&args.id)?;
     let result = spawn_and_wait(global, &root, args, &bundle, &config);

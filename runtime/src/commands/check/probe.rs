@@ -171,7 +171,7 @@ fn origin(setting: Setting, in_file: bool) -> Origin {
     }
 }
 
-fn probe_kvm() -> KvmFacts {
+pub(super) fn probe_kvm() -> KvmFacts {
     let node = std::fs::metadata(KVM_DEVICE).ok().map(|m| DeviceNode {
         owner: User::from_uid(Uid::from_raw(m.uid()))
             .ok()
