@@ -256,20 +256,24 @@ fn a_missing_disk_image_is_named_and_nothing_is_left() {
     assert_no_runm_left();
 }
 
-/// virtiofsd: `$RUNM_VIRTIOFSD`, else `~/.cargo/bin/virtiofsd`, else the first on PATH.
+/// virtiofsd: `$RUNM_VIRTIOFSD`, else the one `make` put beside `runm`, else
+/// `~/.cargo/bin/virtiofsd`, else the first on PATH.
 fn virtiofsd_bin() -> PathBuf {
     if let Some(path) = std::env::var_os("RUNM_VIRTIOFSD") {
         return path.into();
     }
+    let beside_runm = runm_tests::target_profile_dir().join("virtiofsd");
     let cargo_bin = std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo/bin/virtiofsd"));
     let on_path = std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
             .map(|dir| dir.join("virtiofsd"))
             .find(|p| p.is_file())
     });
-    cargo_bin.filter(|p| p.is_file()).or(on_path).expect(
-        "virtiofsd not found: set RUNM_VIRTIOFSD, or `cargo install --locked virtiofsd@1.14.0`",
-    )
+    Some(beside_runm)
+        .filter(|p| p.is_file())
+        .or(cargo_bin.filter(|p| p.is_file()))
+        .or(on_path)
+        .expect("virtiofsd not found: set RUNM_VIRTIOFSD, or run `make` (it builds virtiofsd)")
 }
 
 /// A child process killed and reaped when the test ends, however it ends.
