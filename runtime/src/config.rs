@@ -8,6 +8,7 @@
 //! boot_timeout_secs = 120
 //! virtiofsd = "/usr/libexec/virtiofsd"
 //! virtiofs_cache = "auto"     # never | metadata | auto | always
+//! max_memory_mib = 3072       # the most memory a container's VM gets
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -23,6 +24,7 @@ pub const ENV_KERNEL: &str = "RUNM_KERNEL";
 pub const ENV_INITRD: &str = "RUNM_INITRD";
 pub const ENV_VIRTIOFSD: &str = "RUNM_VIRTIOFSD";
 const DEFAULT_BOOT_TIMEOUT_SECS: u64 = 120;
+const DEFAULT_MAX_MEMORY_MIB: u32 = 3072;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -46,6 +48,7 @@ pub struct Config {
     pub boot_timeout_secs: Option<u64>,
     pub virtiofsd: Option<PathBuf>,
     pub virtiofs_cache: Option<crate::virtiofs::CacheMode>,
+    pub max_memory_mib: Option<u32>,
 }
 
 impl Config {
@@ -91,6 +94,11 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })
+    }
+
+    /// What a container's VM may get on this host.
+    pub fn host_limits(&self) -> crate::spec::HostLimits {
+        crate::spec::HostLimits::of_host(self.max_memory_mib.unwrap_or(DEFAULT_MAX_MEMORY_MIB))
     }
 
     pub fn boot_timeout(&self) -> Duration {

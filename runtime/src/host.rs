@@ -224,7 +224,7 @@ fn start_container(
     let bundle_dir = root.lock(id)?.load_raw()?.bundle;
     let bundle = Bundle::load(&bundle_dir)?;
     let config = Config::load()?;
-    let (vcpus, mem_mib) = bundle.vm_size()?;
+    let (vcpus, mem_mib) = bundle.vm_size(config.host_limits())?;
     let plan = crate::mounts::plan(&bundle, Path::new(SHARED_DIR))?;
     let t = std::time::Instant::now();
     let fs = start_fs_server((&dir, &sockets), &bundle, &plan, &config)?;

@@ -5,18 +5,13 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{Process, Spec};
 
+mod size;
+mod validate;
+
+pub use size::HostLimits;
+
 /// The OCI runtime spec version runm implements.
 pub const OCI_VERSION: &str = "1.2.0";
-/// Annotations that size the VM, overriding what the resources imply.
-pub const ANNOTATION_VCPUS: &str = "io.runm.vm.vcpus";
-pub const ANNOTATION_MEMORY_MIB: &str = "io.runm.vm.memory_mib";
-
-const DEFAULT_VCPUS: u8 = 1;
-const MAX_VCPUS: u8 = 32;
-const DEFAULT_MEMORY_MIB: u32 = 512;
-/// Guest memory beyond the container's limit: kernel, agent, page cache.
-const MEMORY_OVERHEAD_MIB: u32 = 128;
-const MAX_MEMORY_MIB: u32 = 3072;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
@@ -73,6 +68,10 @@ impl Bundle {
             .as_ref()
             .ok_or_else(|| field("process", "missing; a container needs a process".into()))?;
         check_process(process).map_err(|(f, m)| field(&format!("process.{f}"), m))?;
+        validate::oci_version(&self.spec)
+            .and_then(|()| validate::namespaces(&self.spec))
+            .and_then(|()| validate::rootfs_propagation(&self.spec))
+            .map_err(|(f, m)| field(&f, m))?;
         let rootfs = self.rootfs()?;
         let block_root = self
             .annotations()
@@ -128,63 +127,6 @@ impl Bundle {
         serde_json::to_value(&spec)
             .map_err(|e| SpecError::Invalid("config.json".into(), e.to_string()))
     }
-
-    /// vCPUs and memory (MiB): annotations win, else the CPU quota and memory limit.
-    pub fn vm_size(&self) -> Result<(u8, u32), SpecError> {
-        let annotations = self.annotations();
-        let resources = self
-            .spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.resources().clone());
-        let mut vcpus = DEFAULT_VCPUS;
-        let mut mem = DEFAULT_MEMORY_MIB;
-        if let Some(cpu) = resources.as_ref().and_then(|r| r.cpu().clone()) {
-            if let (Some(quota), Some(period)) = (cpu.quota(), cpu.period()) {
-                if quota > 0 && period > 0 {
-                    let n = quota
-                        .unsigned_abs()
-                        .div_ceil(period)
-                        .clamp(1, u64::from(MAX_VCPUS));
-                    vcpus = u8::try_from(n).unwrap_or(MAX_VCPUS);
-                }
-            }
-        }
-        if let Some(limit) = resources
-            .as_ref()
-            .and_then(|r| r.memory().as_ref().and_then(|m| m.limit()))
-        {
-            if limit > 0 {
-                let mib = u32::try_from(limit.unsigned_abs().div_ceil(1 << 20)).unwrap_or(u32::MAX);
-                mem = mib.saturating_add(MEMORY_OVERHEAD_MIB).min(MAX_MEMORY_MIB);
-            }
-        }
-        if let Some(v) = annotations.get(ANNOTATION_VCPUS) {
-            vcpus = v
-                .parse()
-                .ok()
-                .filter(|n| (1..=MAX_VCPUS).contains(n))
-                .ok_or_else(|| {
-                    SpecError::Invalid(
-                        format!("annotation {ANNOTATION_VCPUS}"),
-                        format!("{v:?} is not a vCPU count from 1 to {MAX_VCPUS}"),
-                    )
-                })?;
-        }
-        if let Some(v) = annotations.get(ANNOTATION_MEMORY_MIB) {
-            mem = v
-                .parse()
-                .ok()
-                .filter(|n| (64..=MAX_MEMORY_MIB).contains(n))
-                .ok_or_else(|| {
-                    SpecError::Invalid(
-                        format!("annotation {ANNOTATION_MEMORY_MIB}"),
-                        format!("{v:?} is not a size from 64 to {MAX_MEMORY_MIB} MiB"),
-                    )
-                })?;
-        }
-        Ok((vcpus, mem))
-    }
 }
 
 /// Parses any OCI JSON document (`config.json`, `process.json`), naming the bad field.
@@ -227,7 +169,7 @@ pub fn check_process(process: &Process) -> Result<(), (String, String)> {
 mod tests {
     use super::*;
 
-    fn bundle_with(config: &str) -> (PathBuf, Result<Bundle, SpecError>) {
+    pub(super) fn bundle_with(config: &str) -> (PathBuf, Result<Bundle, SpecError>) {
         let dir =
             std::env::temp_dir().join(format!("runm-spec-{}-{}", std::process::id(), config.len()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -237,7 +179,7 @@ mod tests {
         (dir, b)
     }
 
-    fn default_config() -> serde_json::Value {
+    pub(super) fn default_config() -> serde_json::Value {
         let mut spec = serde_json::to_value(Spec::default()).unwrap();
         spec["root"]["path"] = "rootfs".into();
         spec
@@ -275,33 +217,6 @@ mod tests {
     fn missing_bundle_is_named() {
         let e = Bundle::load(Path::new("/nonexistent-bundle")).unwrap_err();
         assert!(e.to_string().contains("/nonexistent-bundle"), "{e}");
-    }
-
-    #[test]
-    fn vm_size_from_resources_and_annotations() {
-        let mut c = default_config();
-        c["linux"]["resources"] = serde_json::json!({
-            "memory": {"limit": 256 * 1024 * 1024},
-            "cpu": {"quota": 150000, "period": 100000}
-        });
-        let (dir, b) = bundle_with(&c.to_string());
-        assert_eq!(
-            b.unwrap().vm_size().unwrap(),
-            (2, 256 + MEMORY_OVERHEAD_MIB)
-        );
-        std::fs::remove_dir_all(dir).unwrap();
-        let mut c = default_config();
-        c["annotations"] =
-            serde_json::json!({ANNOTATION_VCPUS: "4", ANNOTATION_MEMORY_MIB: "1024"});
-        let (dir, b) = bundle_with(&c.to_string());
-        assert_eq!(b.unwrap().vm_size().unwrap(), (4, 1024));
-        std::fs::remove_dir_all(dir).unwrap();
-        let mut c = default_config();
-        c["annotations"] = serde_json::json!({ANNOTATION_VCPUS: "0"});
-        let (dir, b) = bundle_with(&c.to_string());
-        let e = b.unwrap().vm_size().unwrap_err().to_string();
-        assert!(e.contains(ANNOTATION_VCPUS), "{e}");
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

@@ -70,9 +70,9 @@ fn create_container(
     if bundle.terminal() && args.console_socket.is_none() && !own_terminal {
         bail!("process.terminal is true, so --console-socket is required");
     }
-    bundle.vm_size()?;
-    crate::mounts::plan(&bundle, Path::new(runm_protocol::SHARED_DIR))?;
     let config = Config::load()?;
+    bundle.vm_size(config.host_limits())?;
+    crate::mounts::plan(&bundle, Path::new(runm_protocol::SHARED_DIR))?;
     if let Some(why) = super::check::kvm_unusable() {
         bail!("this host cannot run microVMs: {why}");
     }
