@@ -441,6 +441,37 @@ fn a_memory_limit_is_enforced_by_the_oom_killer() {
 }
 
 #[test]
+fn cpu_limits_beyond_the_host_get_its_cpus_and_keep_the_cgroup_limit() {
+    require_kvm();
+    let _vm = vm_lock();
+    let tmp = TempDir::new("oci-cpus");
+    let runm = Runm::new(&tmp);
+    // A million CPUs' worth of quota: the VM gets the host's CPUs, the cgroup the quota.
+    let script = "echo nproc=$(nproc); echo cpu.max=$(cat /sys/fs/cgroup/cpu.max)";
+    let mut b = TestBundle::busybox(&tmp, "b", &["sh", "-c", script]);
+    b.edit(|c| {
+        c["linux"]["resources"] =
+            serde_json::json!({"cpu": {"quota": 100_000_000_000_i64, "period": 100000}});
+    });
+    let out = runm.run(&["run", "--bundle", b.path(), "c-cpus"], T);
+    assert!(out.status.success(), "{}", describe(&out));
+    let host_cpus = std::thread::available_parallelism().unwrap().get();
+    let text = stdout(&out);
+    assert!(
+        text.contains(&format!("nproc={host_cpus}\n")),
+        "want {host_cpus} vCPUs\n{}",
+        describe(&out)
+    );
+    assert!(
+        text.contains("cpu.max=100000000000 100000"),
+        "{}",
+        describe(&out)
+    );
+    runm.assert_empty();
+    assert_no_runm_left();
+}
+
+#[test]
 fn bad_input_is_named_and_leaves_nothing_behind() {
     require_kvm();
     let _vm = vm_lock();
@@ -467,6 +498,24 @@ fn bad_input_is_named_and_leaves_nothing_behind() {
         "{}",
         describe(&bad)
     );
+
+    // What the host can judge is refused before a VM boots, naming the field.
+    let mut b = TestBundle::busybox(&tmp, "b4", &["true"]);
+    b.edit(|c| c["ociVersion"] = "banana".into());
+    let bad = runm.run(&["create", "--bundle", b.path(), "x"], T);
+    assert!(stderr(&bad).contains("`ociVersion`"), "{}", describe(&bad));
+    let mut b = TestBundle::busybox(&tmp, "b5", &["true"]);
+    b.edit(|c| {
+        let ns = c["linux"]["namespaces"].as_array_mut().unwrap();
+        ns.push(serde_json::json!({"type": "pid"}));
+    });
+    let bad = runm.run(&["create", "--bundle", b.path(), "x"], T);
+    assert!(
+        stderr(&bad).contains("`linux.namespaces[") && stderr(&bad).contains("twice"),
+        "{}",
+        describe(&bad)
+    );
+    runm.assert_empty();
 
     for cmd in ["state", "start", "kill", "delete", "pause", "ps"] {
         let out = runm.run(&[cmd, "nope"], T);
