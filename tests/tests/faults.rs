@@ -12,6 +12,8 @@
 
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use runm_tests::bundle::{Runm, TestBundle};
 use runm_tests::*;
 
@@ -65,13 +67,19 @@ fn run_sleeper(runm: &Runm, tmp: &TempDir, id: &str) -> serde_json::Value {
     state
 }
 
-/// Sends SIG`signal` to every virtiofsd (the tests run one container at a time); fails
-/// the test if there is none.
-fn signal_virtiofsd(signal: &str) {
+/// Sends `signal` to every virtiofsd (the tests run one container at a time); fails the
+/// test if there is none. (virtiofsd is two processes: the server, and its parent that
+/// waits for it; each ends with the other.)
+fn signal_virtiofsd(signal: Signal) {
     let servers = processes_named("virtiofsd");
     assert!(!servers.is_empty(), "the container has no virtiofsd");
     for pid in servers {
-        let _ = send_signal(pid, signal);
+        let pid = Pid::from_raw(i32::try_from(pid).unwrap());
+        match kill(pid, signal) {
+            // Gone already with the other one.
+            Ok(()) | Err(nix::Error::ESRCH) => {}
+            Err(e) => panic!("cannot send {signal} to virtiofsd {pid}: {e}"),
+        }
     }
 }
 
@@ -138,7 +146,7 @@ fn killing_virtiofsd_stops_the_container_and_exec_fails_fast() {
     let runm = Runm::new(&tmp);
     let id = "c-fs-killed";
     run_sleeper(&runm, &tmp, id);
-    signal_virtiofsd("KILL");
+    signal_virtiofsd(Signal::SIGKILL);
     assert_eq!(runm.wait_status(id, "stopped", NOTICE), "stopped");
     assert_eq!(assert_consistent(&runm, id).as_deref(), Some("stopped"));
     let state = runm.state(id).unwrap();
@@ -171,7 +179,7 @@ fn the_agent_answers_while_the_containers_files_hang_and_exec_gets_an_error() {
     let id = "c-fs-stopped";
     run_sleeper(&runm, &tmp, id);
     // A stopped file server: alive, so nothing ends, but the guest's files hang.
-    signal_virtiofsd("STOP");
+    signal_virtiofsd(Signal::SIGSTOP);
     let start = Instant::now();
     let out = runm.run(
         &["exec", id, "cat", "/etc/hostname"],
@@ -191,6 +199,6 @@ fn the_agent_answers_while_the_containers_files_hang_and_exec_gets_an_error() {
     assert!(out.status.success(), "ps: {}", describe(&out));
     assert_eq!(stated(&runm, id).as_deref(), Some("running"));
     // A stopped process keeps pending signals, its parent-death signal too.
-    signal_virtiofsd("CONT");
+    signal_virtiofsd(Signal::SIGCONT);
     assert_delete_force_leaves_nothing(&runm, &tmp, id);
 }
