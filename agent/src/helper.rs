@@ -16,10 +16,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
+use std::time::Duration;
 
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::Container;
 use libcontainer::syscall::syscall::SyscallType;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 use crate::reaper::Reaper;
@@ -59,7 +62,20 @@ enum HelperResult {
     Error(String),
 }
 
+impl HelperOp {
+    /// How long the helper may take: a little less than the request it serves, so the
+    /// host hears this error rather than the request's.
+    fn limit(&self) -> Duration {
+        let request = match self {
+            HelperOp::Create { .. } => crate::deadline::CREATE,
+            HelperOp::Start { .. } | HelperOp::Exec { .. } => crate::deadline::EXEC,
+        };
+        request.saturating_sub(Duration::from_secs(2))
+    }
+}
+
 /// Runs `op` in a helper subprocess whose stdio is `stdio`; returns the pid it reports.
+/// A helper that overruns its limit is killed: it is stuck on the container's files.
 pub fn run(reaper: &Reaper, op: &HelperOp, stdio: [Stdio; 3]) -> Result<Option<i32>, String> {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     std::fs::create_dir_all(RESULT_DIR).map_err(|e| format!("cannot create {RESULT_DIR}: {e}"))?;
@@ -86,9 +102,21 @@ pub fn run(reaper: &Reaper, op: &HelperOp, stdio: [Stdio; 3]) -> Result<Option<i
     reaper.watch(pid, move |status| {
         let _ = tx.send(status);
     });
-    let status = rx
-        .recv()
-        .map_err(|_| "lost the helper's exit status".to_string())?;
+    let limit = op.limit();
+    let status = match rx.recv_timeout(limit) {
+        Ok(status) => status,
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            let _ = std::fs::remove_file(&result);
+            return Err(format!(
+                "it did not finish within {limit:?}: the container's files do not answer \
+                 (is its file server alive?)"
+            ));
+        }
+        Err(mpsc::RecvTimeoutError::Disconnected) => {
+            return Err("lost the helper's exit status".into())
+        }
+    };
     let outcome = std::fs::read(&result);
     let _ = std::fs::remove_file(&result);
     match outcome.ok().and_then(|b| serde_json::from_slice(&b).ok()) {

@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod cgroup;
 pub mod copyup;
+pub mod deadline;
 pub mod debug;
 pub mod helper;
 pub mod init;

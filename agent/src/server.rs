@@ -10,7 +10,7 @@ use runm_protocol::{
 use vsock::{VsockListener, VsockStream, VMADDR_CID_ANY};
 
 use runm_agent::agent::Agent;
-use runm_agent::{init, relay};
+use runm_agent::{deadline, init, relay};
 
 #[derive(Debug)]
 pub enum ServeError {
@@ -36,7 +36,7 @@ pub fn serve(port: u32, agent: Arc<Agent>) -> Result<(), ServeError> {
                 let agent = Arc::clone(&agent);
                 if let Err(e) = thread::Builder::new()
                     .name("conn".into())
-                    .spawn(move || handle(stream, &agent))
+                    .spawn(move || handle(stream, agent))
                 {
                     eprintln!("runm-agent: cannot start connection thread: {e}");
                 }
@@ -47,7 +47,7 @@ pub fn serve(port: u32, agent: Arc<Agent>) -> Result<(), ServeError> {
     Ok(())
 }
 
-fn handle(mut stream: VsockStream, agent: &Agent) {
+fn handle(mut stream: VsockStream, agent: Arc<Agent>) {
     loop {
         let request = match read_frame::<_, Request>(&mut stream) {
             Ok(r) => r,
@@ -64,11 +64,11 @@ fn handle(mut stream: VsockStream, agent: &Agent) {
             stream: kind,
         } = request
         {
-            attach(stream, agent, process, kind);
+            attach(stream, &agent, process, kind);
             return;
         }
         let shutdown = request == Request::Shutdown;
-        let response = agent.handle(request);
+        let response = answer(&agent, request);
         if let Err(e) = write_frame(&mut stream, &response) {
             eprintln!("runm-agent: cannot reply: {e}");
             return;
@@ -78,6 +78,24 @@ fn handle(mut stream: VsockStream, agent: &Agent) {
             init::power_off();
         }
     }
+}
+
+/// The agent's answer to `request`, or an error once its deadline has passed.
+fn answer(agent: &Arc<Agent>, request: Request) -> Response {
+    let Some(limit) = deadline::deadline(&request) else {
+        return agent.handle(request);
+    };
+    let name = deadline::name(&request);
+    let agent = Arc::clone(agent);
+    deadline::run_within(limit, move || agent.handle(request)).unwrap_or_else(|| {
+        eprintln!("runm-agent: {name} did not finish within {limit:?}");
+        Response::Error {
+            message: format!(
+                "the guest could not answer {name} within {limit:?}: something it needs \
+                 (most likely the container's files) does not answer"
+            ),
+        }
+    })
 }
 
 /// Makes the connection a process's stream. The stream is registered before the `Ok`

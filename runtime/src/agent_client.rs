@@ -14,6 +14,8 @@ use runm_protocol::{
 /// The handshake reply is short; anything longer is a misbehaving peer.
 const MAX_HANDSHAKE_LINE: usize = 32;
 const RETRY_INTERVAL: Duration = Duration::from_millis(20);
+/// For sending a request that has no deadline of its own.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -110,6 +112,12 @@ impl AgentClient {
     ) -> Result<Response, AgentError> {
         self.stream
             .set_read_timeout(timeout)
+            .and_then(|()| {
+                // Even a wait's request must get out: the guest reads it at once or not
+                // at all.
+                self.stream
+                    .set_write_timeout(Some(timeout.unwrap_or(WRITE_TIMEOUT)))
+            })
             .map_err(|e| AgentError::Frame(e.into()))?;
         write_frame(&mut self.stream, request)?;
         let response: Response = read_frame(&mut self.stream).map_err(|e| match e {
@@ -137,8 +145,10 @@ impl AgentClient {
             Response::Ok => {}
             other => return Err(AgentError::Invalid(format!("expected ok, got {other:?}"))),
         }
+        // A stdio stream waits on the process, which takes its time.
         self.stream
             .set_read_timeout(None)
+            .and_then(|()| self.stream.set_write_timeout(None))
             .map_err(|e| AgentError::Frame(e.into()))?;
         Ok(self.stream)
     }

@@ -5,7 +5,6 @@
 //! would with runc.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -26,6 +25,7 @@ use crate::sandbox::Sandbox;
 use crate::spec::Bundle;
 use crate::state::{self, Root, Status};
 use crate::virtiofs::{self, CacheMode, FsServer};
+use crate::watch::{Watch, KILLED};
 
 pub const READY_SOCK: &str = "ready.sock";
 pub const VSOCK_SOCK: &str = "vsock.sock";
@@ -106,7 +106,7 @@ pub fn wait_exit(uds: &Path, key: &ProcessKey, mut relay: Relay) -> i32 {
         }
         Err(e) => {
             log::error!("lost the guest while waiting for the process: {e}");
-            128 + 9
+            KILLED
         }
     };
     if !relay.wait_output(OUTPUT_GRACE) {
@@ -119,88 +119,78 @@ pub fn wait_exit(uds: &Path, key: &ProcessKey, mut relay: Relay) -> i32 {
 /// then waits for the container to end and exits with its status.
 pub fn run_sandbox(root: &Root, id: &str, console_socket: Option<&Path>) -> i32 {
     let sockets = root.sockets_dir(id);
-    let reporter = crate::ready::Reporter::connect(&sockets.join(READY_SOCK));
-    let started = start_container(root, id, console_socket);
-    // `_fs` serves the container's files until the end.
-    let (sandbox, relay, _raw, _fs) = match (started, reporter) {
-        (Ok(s), Ok(r)) => {
-            r.ok();
-            s
-        }
-        (Err(e), Ok(r)) => {
-            r.fail(&crate::error_message(&e));
-            return 1;
-        }
-        (Err(e), Err(_)) => {
-            log::error!("{}", crate::error_message(&e));
-            return 1;
-        }
-        (Ok(_), Err(e)) => {
-            log::error!("cannot report to runm create: {e}");
+    // Recorded first, so that `delete` can end this process even while it creates.
+    if let Err(e) = claim(root, id) {
+        log::error!("cannot record the container's host process: {e}");
+        return 1;
+    }
+    let reporter = match crate::ready::Reporter::connect(&sockets.join(READY_SOCK)) {
+        Ok(r) => r,
+        Err(e) => {
+            log::error!("cannot report to runm create (it is gone?): {e}");
+            abandon(root, id);
             return 1;
         }
     };
+    let (root_copy, id_copy) = (root.clone(), id.to_string());
+    let watched = reporter.on_hang_up(move || {
+        log::error!("runm create went away before the container was created; giving up");
+        abandon(&root_copy, &id_copy);
+        // The VM and virtiofsd (by its parent-death signal) end with this process.
+        std::process::exit(1);
+    });
+    if let Err(e) = watched {
+        log::warn!("cannot watch runm create: {e}");
+    }
+    let (sandbox, relay, _raw, mut fs) = match start_container(root, id, console_socket) {
+        Ok(s) => s,
+        Err(e) => {
+            reporter.fail(&crate::error_message(&e));
+            return 1;
+        }
+    };
+    if let Err(e) = reporter.ok() {
+        log::error!("cannot report to runm create (it is gone?): {e}; giving up");
+        let _ = sandbox.stop(SHUTDOWN_GRACE);
+        drop(fs);
+        abandon(root, id);
+        return 1;
+    }
     let uds = vsock_path(&sockets);
     let key = ProcessKey::init(id);
     if let Err(e) = crate::signals::forward_to_guest(uds.clone(), key.clone()) {
         log::warn!("cannot forward signals: {e}");
     }
-    // Whichever ends first: the container's process, or the VM under it.
-    let (tx, rx) = mpsc::channel();
-    let waiter = tx.clone();
-    let (w_uds, w_key) = (uds.clone(), key.clone());
-    std::thread::spawn(move || {
-        let _ = waiter.send(Ended::Process(wait_exit(&w_uds, &w_key, relay)));
-    });
-    std::thread::spawn(move || {
-        let _ = tx.send(Ended::Vm(sandbox.wait()));
-    });
-    match rx.recv() {
-        Ok(Ended::Process(status)) => {
-            record(root, id, status);
-            let t = std::time::Instant::now();
-            let asked = AgentClient::connect(&uds, runm_protocol::AGENT_PORT, CALL_TIMEOUT)
-                .and_then(|mut a| a.shutdown(SHUTDOWN_GRACE));
-            // Exiting takes the VM down anyway; the guest gets a moment to do it itself.
-            if asked.is_err() || !matches!(rx.recv_timeout(SHUTDOWN_GRACE), Ok(Ended::Vm(_))) {
-                log::warn!("the guest did not power off; it ends with its host process");
-            }
-            phase("vm_shutdown", t);
-            status
-        }
-        Ok(Ended::Vm(reason)) => {
-            log::error!("the microVM stopped ({reason}) before the container's process ended");
-            // The waiter's connection closed with the VM: it reports a kill.
-            let status = match rx.recv_timeout(OUTPUT_GRACE + CALL_TIMEOUT) {
-                Ok(Ended::Process(status)) => status,
-                _ => 128 + 9,
-            };
-            record(root, id, status);
-            status
-        }
-        Err(_) => 255,
+    // Whichever ends first: the container's process, the VM under it, or the file
+    // server its files come from. `fs` serves the container's files until the end.
+    let watch = Watch::new(sandbox, uds);
+    watch.process(key, relay);
+    if let Some(exited) = fs.as_mut().and_then(FsServer::exited) {
+        watch.fs_server(exited);
     }
+    watch.until_the_end(root, id)
 }
 
-/// How a container's run ended.
-enum Ended {
-    Process(i32),
-    Vm(vmm::ExitReason),
-}
-
-fn record(root: &Root, id: &str, status: i32) {
-    if let Err(e) = record_exit(root, id, status) {
-        log::error!("cannot record the container's exit: {e}");
-    }
-}
-
-fn record_exit(root: &Root, id: &str, status: i32) -> anyhow::Result<()> {
+/// Records this process as the container's host process.
+fn claim(root: &Root, id: &str) -> anyhow::Result<()> {
     let locked = root.lock(id)?;
-    let mut state = locked.load_raw()?;
-    state.status = Status::Stopped;
-    state.exit_status = Some(status);
-    locked.save(&state)?;
+    let mut st = locked.load_raw()?;
+    let pid = i32::try_from(std::process::id()).unwrap_or(0);
+    st.pid = pid;
+    st.pid_start = state::process_start_time(pid).unwrap_or(0);
+    locked.save(&st)?;
     Ok(())
+}
+
+/// Removes the container of a `create` that is gone: nobody else will.
+fn abandon(root: &Root, id: &str) {
+    let removed = root.lock(id).map_err(anyhow::Error::from).and_then(|l| {
+        l.remove()?;
+        Ok(())
+    });
+    if let Err(e) = removed {
+        log::warn!("cannot remove the container's state: {e}");
+    }
 }
 
 type Started = (Sandbox, Relay, Option<RawGuard>, Option<FsServer>);

@@ -16,6 +16,7 @@ mod signals;
 mod spec;
 mod state;
 mod virtiofs;
+mod watch;
 
 use clap::Parser;
 

@@ -7,9 +7,14 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::Child;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const POLL: Duration = Duration::from_millis(10);
+/// How often the host process looks whether its spawner is still there.
+const HANG_UP_POLL: Duration = Duration::from_millis(200);
+/// A report is one line into a socket buffer; a spawner that does not take it is stuck.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The spawning side: waits for the child's word.
 #[derive(Debug)]
@@ -95,24 +100,69 @@ impl TakeBounded for UnixStream {
 #[derive(Debug)]
 pub struct Reporter {
     stream: UnixStream,
+    /// Set (under the lock) once the report is being sent: the spawner's hang-up after
+    /// that is its normal end.
+    reported: Arc<Mutex<bool>>,
 }
 
 impl Reporter {
     pub fn connect(path: &Path) -> std::io::Result<Self> {
         Ok(Self {
             stream: vmm::uds::connect(path)?,
+            reported: Arc::default(),
         })
     }
 
-    pub fn ok(mut self) {
-        let _ = self.stream.write_all(b"ok\n");
+    /// Runs `gone` on a thread of its own if the spawner goes away (it was killed)
+    /// before the report is sent: nobody will take the result, or clean up after it.
+    /// `gone` runs with the report held back, so it may end the process.
+    pub fn on_hang_up(&self, gone: impl FnOnce() + Send + 'static) -> std::io::Result<()> {
+        let stream = self.stream.try_clone()?;
+        let reported = self.reported.clone();
+        std::thread::Builder::new()
+            .name("spawner".into())
+            .spawn(move || loop {
+                let hung_up = hung_up(&stream, HANG_UP_POLL);
+                let reported = reported.lock().unwrap_or_else(|e| e.into_inner());
+                if *reported {
+                    return;
+                }
+                if hung_up {
+                    gone();
+                    return;
+                }
+            })?;
+        Ok(())
     }
 
-    pub fn fail(mut self, message: &str) {
+    /// Reports success; an error means the spawner is gone.
+    pub fn ok(self) -> std::io::Result<()> {
+        self.send(b"ok\n")
+    }
+
+    pub fn fail(self, message: &str) {
         let one_line = message.replace('\n', " ");
-        let _ = self
-            .stream
-            .write_all(format!("error {one_line}\n").as_bytes());
+        let _ = self.send(format!("error {one_line}\n").as_bytes());
+    }
+
+    fn send(mut self, line: &[u8]) -> std::io::Result<()> {
+        *self.reported.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.stream.set_write_timeout(Some(REPORT_TIMEOUT))?;
+        self.stream.write_all(line)
+    }
+}
+
+/// Whether the peer of `stream` hung up, waiting up to `wait` for it. The spawner never
+/// writes, so the stream turning readable means its end (EOF or a reset).
+fn hung_up(stream: &UnixStream, wait: Duration) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let mut fds = [PollFd::new(stream.as_fd(), PollFlags::POLLIN)];
+    let ms = PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX);
+    match poll(&mut fds, ms) {
+        Ok(0) | Err(nix::Error::EINTR) => false,
+        Ok(_) => fds[0].revents().is_some_and(|r| !r.is_empty()),
+        Err(_) => true,
     }
 }
 
@@ -137,7 +187,7 @@ mod tests {
                 .unwrap();
             let r = Reporter::connect(&path).unwrap();
             match report {
-                Some("ok") => r.ok(),
+                Some("ok") => r.ok().unwrap(),
                 _ => r.fail("cannot mount /dev/vda"),
             }
             assert_eq!(l.wait(&mut child, Duration::from_secs(5)), want);
@@ -148,6 +198,34 @@ mod tests {
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let e = l.wait(&mut child, Duration::from_secs(5)).unwrap_err();
         assert!(e.contains("exited early"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_spawner_that_goes_away_before_the_report_is_noticed() {
+        let dir = std::env::temp_dir().join(format!("runm-ready-gone-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ready.sock");
+        // The spawner dies without accepting: the connection waits in its backlog.
+        let l = ReadyListener::bind(&path).unwrap();
+        let r = Reporter::connect(&path).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        r.on_hang_up(move || tx.send(()).unwrap()).unwrap();
+        assert!(rx.recv_timeout(Duration::from_millis(600)).is_err());
+        drop(l);
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("the hang-up is seen");
+        assert!(r.ok().is_err(), "nobody takes the report");
+
+        // After the report, the spawner's normal end is no hang-up to act on.
+        let l = ReadyListener::bind(&path).unwrap();
+        let r = Reporter::connect(&path).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        r.on_hang_up(move || tx.send(()).unwrap()).unwrap();
+        r.ok().unwrap();
+        drop(l);
+        assert!(rx.recv_timeout(Duration::from_secs(1)).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -62,6 +62,12 @@ impl Sandbox {
         &self.info
     }
 
+    /// A handle that stops the VM from another thread (one that [`Sandbox::wait`]s
+    /// then returns).
+    pub fn stopper(&self) -> vmm::VmStopper {
+        self.vm.stopper()
+    }
+
     /// Waits for the VM to stop, however long that takes.
     pub fn wait(mut self) -> ExitReason {
         self.vm.wait(None).unwrap_or(ExitReason::Killed)

@@ -19,12 +19,17 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 const STATE_FILE: &str = "state.json";
 const LOCK_FILE: &str = "lock";
+/// The longest a command waits for another's lock: longer than any one command holds it
+/// (an agent call is bounded by 60 s).
+const LOCK_TIMEOUT: Duration = Duration::from_secs(120);
+const LOCK_POLL: Duration = Duration::from_millis(20);
 /// Where the containers' socket directories are made.
 pub const SOCKETS_BASE: &str = "/run/runm-sockets";
 /// Hex digits of the hash that names a socket directory (128 bits).
@@ -50,6 +55,8 @@ pub enum StateError {
     },
     #[error("cannot lock {}: {source}", .path.display())]
     Lock { path: PathBuf, source: nix::Error },
+    #[error("container {id} is busy: another runm command has held its lock for {waited:?}")]
+    Busy { id: String, waited: Duration },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
@@ -129,9 +136,10 @@ impl ContainerState {
         })
     }
 
-    /// Marks the container stopped if its host process is gone.
+    /// Marks the container stopped if its host process is gone (while creating, once
+    /// the host process has recorded itself).
     pub fn refresh(&mut self) {
-        if self.status == Status::Stopped || self.status == Status::Creating {
+        if self.status == Status::Stopped {
             return;
         }
         if self.pid > 0 && !process_alive(self.pid, self.pid_start) {
@@ -142,6 +150,35 @@ impl ContainerState {
     /// Whether the host process still runs (and is the same process).
     pub fn host_alive(&self) -> bool {
         self.pid > 0 && process_alive(self.pid, self.pid_start)
+    }
+}
+
+/// Takes an exclusive flock of `file`, waiting up to `timeout` for another holder.
+fn lock_within(
+    mut file: File,
+    path: &Path,
+    id: &str,
+    timeout: Duration,
+) -> Result<Flock<File>, StateError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Ok(lock),
+            Err((f, nix::Error::EWOULDBLOCK)) if Instant::now() < deadline => file = f,
+            Err((_, nix::Error::EWOULDBLOCK)) => {
+                return Err(StateError::Busy {
+                    id: id.to_string(),
+                    waited: timeout,
+                })
+            }
+            Err((_, source)) => {
+                return Err(StateError::Lock {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        }
+        std::thread::sleep(LOCK_POLL);
     }
 }
 
@@ -273,8 +310,7 @@ impl Root {
             }
             Err(e) => return Err(io(&path)(e)),
         };
-        let lock = Flock::lock(file, FlockArg::LockExclusive)
-            .map_err(|(_, source)| StateError::Lock { path, source })?;
+        let lock = lock_within(file, &path, id, LOCK_TIMEOUT)?;
         // A delete may have removed the directory while we waited.
         if !dir.join(STATE_FILE).exists() && !dir.exists() {
             return Err(StateError::NotFound(id.to_string()));
@@ -455,6 +491,21 @@ mod tests {
     }
 
     #[test]
+    fn a_held_lock_is_waited_for_a_bounded_time() {
+        let root = Root::new(&temp_root("lock"));
+        root.create_dir("c").unwrap();
+        let held = root.lock("c").unwrap();
+        let path = root.dir("c").join(LOCK_FILE);
+        let file = OpenOptions::new().append(true).open(&path).unwrap();
+        let e = lock_within(file, &path, "c", Duration::from_millis(100)).unwrap_err();
+        assert!(matches!(e, StateError::Busy { .. }), "{e}");
+        drop(held);
+        let file = OpenOptions::new().append(true).open(&path).unwrap();
+        lock_within(file, &path, "c", Duration::from_millis(100)).unwrap();
+        root.remove_dirs("c").unwrap();
+    }
+
+    #[test]
     fn a_dead_host_process_reads_as_stopped() {
         let mut s = sample("c");
         s.refresh();
@@ -463,6 +514,19 @@ mod tests {
         s.refresh();
         assert_eq!(s.status, Status::Stopped);
         assert_eq!(s.oci_json()["pid"], 0);
+
+        // A create whose host process died (or was killed) while it booted the VM.
+        let mut s = sample("c");
+        s.status = Status::Creating;
+        s.refresh();
+        assert_eq!(s.status, Status::Creating, "this process is alive");
+        s.pid_start += 1;
+        s.refresh();
+        assert_eq!(s.status, Status::Stopped);
+        let mut s = sample("c");
+        (s.status, s.pid) = (Status::Creating, 0);
+        s.refresh();
+        assert_eq!(s.status, Status::Creating, "no host process recorded yet");
     }
 
     #[test]

@@ -99,6 +99,8 @@ pub struct FsServer {
     log: PathBuf,
     /// Waits for virtiofsd; its exit is virtiofsd's parent-death signal.
     waiter: Option<JoinHandle<()>>,
+    /// Gets how virtiofsd ended, when it does.
+    exited: Option<mpsc::Receiver<String>>,
 }
 
 impl FsServer {
@@ -149,9 +151,10 @@ impl FsServer {
             cmd,
         };
         let (tx, rx) = mpsc::sync_channel(1);
+        let (exit_tx, exited) = mpsc::channel();
         let waiter = std::thread::Builder::new()
             .name("virtiofsd".into())
-            .spawn(move || job.run(tx))
+            .spawn(move || job.run(tx, exit_tx))
             .map_err(|_| VirtiofsError::Thread)?;
         match rx.recv() {
             Ok(Ok(pid)) => Ok(Self {
@@ -159,6 +162,7 @@ impl FsServer {
                 socket,
                 log,
                 waiter: Some(waiter),
+                exited: Some(exited),
             }),
             Ok(Err(e)) => {
                 let _ = waiter.join();
@@ -176,6 +180,12 @@ impl FsServer {
     /// The last lines virtiofsd logged, for an error message.
     pub fn log_tail(&self) -> String {
         crate::last_lines(&self.log, 5)
+    }
+
+    /// Says, once, how virtiofsd ended (its exit status, and its last words) when it
+    /// does: the guest's files go with it, so its owner must know. Taken once.
+    pub fn exited(&mut self) -> Option<mpsc::Receiver<String>> {
+        self.exited.take()
     }
 
     /// Kills virtiofsd and waits for it.
@@ -208,7 +218,11 @@ struct Job {
 }
 
 impl Job {
-    fn run(mut self, report: mpsc::SyncSender<Result<Pid, VirtiofsError>>) {
+    fn run(
+        mut self,
+        report: mpsc::SyncSender<Result<Pid, VirtiofsError>>,
+        exited: mpsc::Sender<String>,
+    ) {
         let mut child = match self.spawn() {
             Ok(child) => child,
             Err(e) => {
@@ -219,10 +233,13 @@ impl Job {
         drop(self.listener);
         let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
         let _ = report.send(Ok(pid));
-        match child.wait() {
-            Ok(status) => log::debug!("virtiofsd exited: {status}"),
-            Err(e) => log::warn!("cannot wait for virtiofsd: {e}"),
-        }
+        let how = match child.wait() {
+            Ok(status) => status.to_string(),
+            Err(e) => format!("cannot wait for it: {e}"),
+        };
+        log::debug!("virtiofsd exited: {how}");
+        // Nobody listens once the server was stopped on purpose.
+        let _ = exited.send(how);
     }
 
     fn spawn(&mut self) -> Result<std::process::Child, VirtiofsError> {

@@ -1,5 +1,6 @@
 //! The vmm library's lifecycle API on real guests: every way a VM ends (the guest shuts
-//! down, the host kills it mid-boot, a timeout) joins its threads and closes its fds.
+//! down, the host kills it mid-boot, another thread stops it, a timeout) joins its
+//! threads and closes its fds.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -61,6 +62,17 @@ fn every_exit_path_releases_threads_and_fds() {
     assert_eq!(vm.wait(None).unwrap(), ExitReason::Killed);
     drop(vm);
     assert_eq!(resources(), before, "after a kill");
+
+    // 2b. Another thread stops it (as the host process does when virtiofsd dies).
+    let mut vm = vmm::start_microvm(config("runm.test=cpus", disks())).unwrap();
+    let stopper = vm.stopper();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        stopper.stop();
+    });
+    assert_eq!(vm.wait(None).unwrap(), ExitReason::Killed);
+    drop(vm);
+    assert_eq!(resources(), before, "after a stop from another thread");
 
     // 3. The guest hangs (no init, panic=0) and the wait times out.
     let mut vm = vmm::start_microvm(config("rdinit=/none panic=0", disks())).unwrap();

@@ -24,9 +24,9 @@ use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::devices::{Bus, BusError};
 use crate::event_loop::{DeviceThread, EventLoopError, Subscriber};
-use crate::microvm::{Microvm, ResetTrigger, VmEvent};
+use crate::microvm::{Microvm, ResetTrigger, VmEvent, VmStopper};
 use crate::vstate::memory::{create_guest_memory, Backing, MemoryError};
-use crate::vstate::vcpu::{install_kick_handler, IoBuses, Vcpu, VcpuError};
+use crate::vstate::vcpu::{install_kick_handler, IoBuses, Vcpu, VcpuError, VcpuExited, VcpuStop};
 use crate::vstate::vm::{Vm, VmError};
 
 /// Why a microVM could not be started. Nothing is left running when this is returned.
@@ -122,7 +122,7 @@ pub fn start_microvm(config: VmConfig) -> Result<Microvm, StartMicrovmError> {
     let boot = boot::load(&mem, &config.kernel, config.initrd.as_deref(), &cmdline)?;
     regs::write_boot_tables(&mem)?;
     mptable::setup(&mem, config.vcpus)?;
-    let devices = DeviceThread::spawn(virtio.subscribers)?;
+    let devices = DeviceThread::spawn(virtio.subscribers, events_tx.clone())?;
 
     let vcpus = create_vcpus(&vm, config.vcpus, boot)?;
     install_kick_handler()?;
@@ -131,6 +131,7 @@ pub fn start_microvm(config: VmConfig) -> Result<Microvm, StartMicrovmError> {
         vcpus: Vec::with_capacity(vcpus.len()),
         stop: stop.clone(),
         events,
+        stopper: VmStopper(events_tx.clone()),
         serial,
         exit: None,
         devices,
@@ -144,15 +145,43 @@ pub fn start_microvm(config: VmConfig) -> Result<Microvm, StartMicrovmError> {
         let handle = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
             .spawn(move || {
+                // A thread that unwinds (a panic, in builds that unwind) still reports.
+                let report = VcpuReport { id, tx: Some(tx) };
                 let exited = vcpu.run(&buses, &stop);
-                // The receiver is gone only when the VM is already torn down.
-                let _ = tx.send(VmEvent::Vcpu(exited));
+                report.send(exited);
             })
             // Dropping `microvm` on this error path stops the vCPUs already started.
             .map_err(|source| StartMicrovmError::SpawnVcpu { id, source })?;
         microvm.vcpus.push(handle);
     }
     Ok(microvm)
+}
+
+/// Sends a vCPU thread's exit to the VM's owner, or, if the thread unwinds before it
+/// can, reports the vCPU failed: a vCPU that silently disappears would hang the guest.
+struct VcpuReport {
+    id: u8,
+    tx: Option<Sender<VmEvent>>,
+}
+
+impl VcpuReport {
+    fn send(mut self, exited: VcpuExited) {
+        if let Some(tx) = self.tx.take() {
+            // The receiver is gone only when the VM is already torn down.
+            let _ = tx.send(VmEvent::Vcpu(exited));
+        }
+    }
+}
+
+impl Drop for VcpuReport {
+    fn drop(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(VmEvent::Vcpu(VcpuExited {
+                id: self.id,
+                why: VcpuStop::Failed("its thread panicked".into()),
+            }));
+        }
+    }
 }
 
 fn eventfd(what: &'static str) -> Result<EventFd, StartMicrovmError> {

@@ -3,12 +3,15 @@
 //! only ever touch device registers.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
+
+use crate::microvm::VmEvent;
 
 /// A device as the event loop holds it.
 pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
@@ -42,6 +45,23 @@ impl MutEventSubscriber for StopSubscriber {
     }
 }
 
+/// Reports the device thread's end, when it was not asked to end, as it goes (also when
+/// it unwinds).
+struct EndReport {
+    events: Sender<VmEvent>,
+    stopped: Arc<AtomicBool>,
+    why: String,
+}
+
+impl Drop for EndReport {
+    fn drop(&mut self) {
+        if !self.stopped.load(Ordering::Acquire) {
+            let why = std::mem::take(&mut self.why);
+            let _ = self.events.send(VmEvent::DevicesEnded(why));
+        }
+    }
+}
+
 /// The running device thread. Dropping it stops and joins the thread.
 #[derive(Debug)]
 pub struct DeviceThread {
@@ -50,8 +70,12 @@ pub struct DeviceThread {
 }
 
 impl DeviceThread {
-    /// Starts the loop with `devices` subscribed (each device's `init` runs here).
-    pub fn spawn(devices: Vec<Subscriber>) -> Result<Self, EventLoopError> {
+    /// Starts the loop with `devices` subscribed (each device's `init` runs here). If the
+    /// thread ends before it is stopped, it says why on `events`: the VM cannot go on.
+    pub(crate) fn spawn(
+        devices: Vec<Subscriber>,
+        events: Sender<VmEvent>,
+    ) -> Result<Self, EventLoopError> {
         let mut manager: EventManager<Subscriber> =
             EventManager::new().map_err(EventLoopError::Create)?;
         let stop = EventFd::new(libc::EFD_NONBLOCK).map_err(EventLoopError::EventFd)?;
@@ -66,9 +90,15 @@ impl DeviceThread {
         let handle = std::thread::Builder::new()
             .name("devices".into())
             .spawn(move || {
+                let mut report = EndReport {
+                    events,
+                    stopped: stopped.clone(),
+                    why: "it panicked".into(),
+                };
                 while !stopped.load(Ordering::Acquire) {
                     if let Err(e) = manager.run() {
                         log::error!("device event loop failed: {e:?}");
+                        report.why = format!("its event loop failed: {e:?}");
                         break;
                     }
                 }
@@ -128,10 +158,37 @@ mod tests {
             evt: evt.try_clone().unwrap(),
             seen: tx,
         };
-        let mut thread = DeviceThread::spawn(vec![Arc::new(Mutex::new(echo))]).unwrap();
+        let (events, ended) = channel();
+        let mut thread = DeviceThread::spawn(vec![Arc::new(Mutex::new(echo))], events).unwrap();
         evt.write(3).unwrap();
         assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), 3);
         thread.stop();
         assert!(thread.handle.is_none());
+        assert!(ended.try_recv().is_err(), "a stop asked for is no failure");
+    }
+
+    struct Panics(EventFd);
+
+    impl MutEventSubscriber for Panics {
+        fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+            panic!("a device bug");
+        }
+        fn init(&mut self, ops: &mut EventOps) {
+            ops.add(Events::new(&self.0, EventSet::IN)).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_device_thread_that_dies_says_so() {
+        let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let device = Panics(evt.try_clone().unwrap());
+        let (events, ended) = channel();
+        let mut thread = DeviceThread::spawn(vec![Arc::new(Mutex::new(device))], events).unwrap();
+        evt.write(1).unwrap();
+        match ended.recv_timeout(Duration::from_secs(5)).unwrap() {
+            VmEvent::DevicesEnded(why) => assert_eq!(why, "it panicked"),
+            other => panic!("{other:?}"),
+        }
+        thread.stop();
     }
 }

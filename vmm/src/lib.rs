@@ -15,4 +15,4 @@ pub mod vstate;
 
 pub use builder::{start_microvm, StartMicrovmError};
 pub use config::{ConfigError, VmConfig};
-pub use microvm::{ExitReason, Microvm, MicrovmError};
+pub use microvm::{ExitReason, Microvm, MicrovmError, VmStopper};

@@ -27,6 +27,8 @@ pub enum ExitReason {
     Killed,
     /// A vCPU could not go on.
     VcpuFailed { id: u8, reason: String },
+    /// The device thread ended while the VM ran: no device would answer the guest again.
+    DevicesFailed { reason: String },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +43,10 @@ pub(crate) enum VmEvent {
     Vcpu(VcpuExited),
     /// The guest wrote the reset command to the i8042.
     Reset,
+    /// The device thread ended without being asked to.
+    DevicesEnded(String),
+    /// The owner asked, from another thread, for the VM to stop.
+    Stop,
 }
 
 impl std::fmt::Display for ExitReason {
@@ -50,6 +56,9 @@ impl std::fmt::Display for ExitReason {
             ExitReason::TripleFault => write!(f, "the guest triple-faulted (it crashed)"),
             ExitReason::Killed => write!(f, "the host stopped it"),
             ExitReason::VcpuFailed { id, reason } => write!(f, "vCPU {id} failed: {reason}"),
+            ExitReason::DevicesFailed { reason } => {
+                write!(f, "the VMM's device thread failed: {reason}")
+            }
         }
     }
 }
@@ -58,6 +67,8 @@ impl From<VmEvent> for ExitReason {
     fn from(event: VmEvent) -> Self {
         match event {
             VmEvent::Reset => ExitReason::GuestShutdown,
+            VmEvent::DevicesEnded(reason) => ExitReason::DevicesFailed { reason },
+            VmEvent::Stop => ExitReason::Killed,
             VmEvent::Vcpu(VcpuExited { id, why }) => match why {
                 VcpuStop::TripleFault => ExitReason::TripleFault,
                 VcpuStop::Kicked => ExitReason::Killed,
@@ -78,11 +89,24 @@ impl Trigger for ResetTrigger {
     }
 }
 
+/// Stops a VM from another thread than the one that waits for it: `Microvm::wait` wakes
+/// up, stops the vCPUs and reports `Killed`.
+#[derive(Debug, Clone)]
+pub struct VmStopper(pub(crate) Sender<VmEvent>);
+
+impl VmStopper {
+    pub fn stop(&self) {
+        // The receiver is gone only with the VM.
+        let _ = self.0.send(VmEvent::Stop);
+    }
+}
+
 /// A booted microVM. Dropping it stops the guest and joins every thread it started.
 pub struct Microvm {
     pub(crate) vcpus: Vec<JoinHandle<()>>,
     pub(crate) stop: Arc<AtomicBool>,
     pub(crate) events: Receiver<VmEvent>,
+    pub(crate) stopper: VmStopper,
     pub(crate) serial: Arc<Mutex<Serial>>,
     pub(crate) exit: Option<ExitReason>,
     pub(crate) devices: DeviceThread,
@@ -127,6 +151,11 @@ impl Microvm {
         self.stop_vcpus();
         self.exit = Some(reason.clone());
         Ok(reason)
+    }
+
+    /// A handle that stops this VM from any thread.
+    pub fn stopper(&self) -> VmStopper {
+        self.stopper.clone()
     }
 
     /// How the guest stopped, if it has stopped by itself; does not wait.

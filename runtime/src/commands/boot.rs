@@ -80,7 +80,9 @@ pub fn run(args: BootArgs) -> anyhow::Result<i32> {
     match exit {
         ExitReason::GuestShutdown => Ok(0),
         ExitReason::Killed => bail!("the microVM was stopped from the host"),
-        crash @ (ExitReason::TripleFault | ExitReason::VcpuFailed { .. }) => bail!("{crash}"),
+        crash @ (ExitReason::TripleFault
+        | ExitReason::VcpuFailed { .. }
+        | ExitReason::DevicesFailed { .. }) => bail!("{crash}"),
     }
 }
 

@@ -180,7 +180,10 @@ pub fn exec_host(global: &GlobalOpts, args: &ExecHostArgs) -> i32 {
     let started = start_detached(&dir, &sockets, args);
     match (started, reporter) {
         (Ok((uds, key, relay)), Ok(r)) => {
-            r.ok();
+            // The process runs whether or not `runm exec -d` is still there to hear it.
+            if let Err(e) = r.ok() {
+                log::warn!("cannot report to runm exec: {e}");
+            }
             host::wait_exit(&uds, &key, relay)
         }
         (Err(e), Ok(r)) => {
