@@ -291,14 +291,14 @@ fn corpus() -> Vec<Case> {
                        "options": ["rbind"]}),
             )
         }),
-        Case::json("mount_unknown_option", "bananas|mounts", |c| {
+        Case::json("mount_unknown_option", "bananas|mounts[", |c| {
             push_mount(
                 c,
                 json!({"destination": "/mnt", "type": "tmpfs", "source": "tmpfs",
                        "options": ["bananas"]}),
             )
         }),
-        Case::json("mount_unknown_type", "bananafs|mounts", |c| {
+        Case::json("mount_unknown_type", "bananafs|mounts[", |c| {
             push_mount(
                 c,
                 json!({"destination": "/mnt", "type": "bananafs", "source": "none"}),
@@ -342,18 +342,22 @@ fn corpus() -> Vec<Case> {
         }),
         Case::json(
             "memory_limit_negative",
-            "linux.resources.memory|memory",
+            "linux.resources.memory|memory.max",
             |c| c["linux"]["resources"]["memory"] = json!({"limit": -5}),
         ),
-        Case::json("memory_limit_tiny", "linux.resources.memory|memory", |c| {
-            c["linux"]["resources"]["memory"] = json!({"limit": 4096})
-        }),
+        Case::json(
+            "memory_limit_tiny",
+            "linux.resources.memory|memory.max",
+            |c| c["linux"]["resources"]["memory"] = json!({"limit": 4096}),
+        ),
         Case::json("cpu_quota_a_million_cpus", "linux.resources.cpu", |c| {
             c["linux"]["resources"]["cpu"] = json!({"quota": 100_000_000_000i64, "period": 100_000})
         }),
-        Case::json("cpuset_invalid", "cpus|cpuset", |c| {
-            c["linux"]["resources"]["cpu"] = json!({"cpus": "banana"})
-        }),
+        Case::json(
+            "cpuset_invalid",
+            "linux.resources.cpu.cpus|cpuset.cpus",
+            |c| c["linux"]["resources"]["cpu"] = json!({"cpus": "banana"}),
+        ),
         Case::json("device_bad_type", "linux.devices", |c| {
             c["linux"]["devices"] =
                 json!([{"path": "/dev/corpus", "type": "x", "major": 1, "minor": 3}])
