@@ -544,8 +544,22 @@ fn processes_left() -> Vec<u32> {
     }
 }
 
+/// Unmounts everything under `dir`, deepest first.
+fn unmount_under(dir: &Path) {
+    for m in mounts_under(dir).iter().rev() {
+        let _ = Command::new("umount").args(["-l", m]).status();
+    }
+}
+
+/// runm's mounts in this mount namespace: under its bundle or its state root.
+fn runm_mounts(runm: &Runm, bundle: &Path) -> Vec<String> {
+    let mut mounts = mounts_under(bundle);
+    mounts.extend(mounts_under(runm.root()));
+    mounts
+}
+
 /// What runm left behind after a case; cleans it up so that the next case starts clean.
-fn leftovers(runm: &Runm, id: &str, tmp: &TempDir) -> Vec<String> {
+fn leftovers(runm: &Runm, id: &str, bundle: &Path) -> Vec<String> {
     let mut left = Vec::new();
     let list = run_timed(runm.command(&["list", "-q"]), RUNC_DEADLINE);
     if !list.stdout.trim().is_empty() {
@@ -563,7 +577,7 @@ fn leftovers(runm: &Runm, id: &str, tmp: &TempDir) -> Vec<String> {
     if !sockets.is_empty() {
         left.push(format!("socket dirs {sockets:?}"));
     }
-    let mounts = mounts_under(&tmp.0);
+    let mounts = runm_mounts(runm, bundle);
     if !mounts.is_empty() {
         left.push(format!("mounts {mounts:?}"));
     }
@@ -572,9 +586,8 @@ fn leftovers(runm: &Runm, id: &str, tmp: &TempDir) -> Vec<String> {
         for pid in processes_left() {
             let _ = send_signal(pid, "KILL");
         }
-        for m in mounts_under(&tmp.0).iter().rev() {
-            let _ = Command::new("umount").args(["-l", m]).status();
-        }
+        unmount_under(bundle);
+        unmount_under(runm.root());
         for dir in entries(runm.root())
             .into_iter()
             .chain(entries(Path::new(SOCKETS_BASE)))
@@ -683,12 +696,14 @@ fn malformed_bundles_get_runcs_answer_or_a_named_error_and_leave_nothing() {
             .arg(&runc_root)
             .args(["delete", "--force", &id]);
         let _ = run_timed(cmd, RUNC_DEADLINE);
+        // runc without a mount namespace (no `linux`) mounts into this one, and leaves it.
+        unmount_under(&runc_bundle);
         let bundle_s = runm_bundle.to_str().expect("utf-8 path");
         let runm_out = run_timed(
             runm.command(&["run", "--bundle", bundle_s, &id]),
             RUNM_DEADLINE,
         );
-        let left = leftovers(&runm, &id, &tmp);
+        let left = leftovers(&runm, &id, &runm_bundle);
         let mut verdict = judge(case, &runc_out, &runm_out, &tmp.0);
         if !left.is_empty() {
             let was = verdict.unwrap_or_else(|e| e);
