@@ -690,6 +690,8 @@ fn malformed_bundles_get_runcs_answer_or_a_named_error_and_leave_nothing() {
             .args(["run", "--bundle"])
             .arg(&runc_bundle)
             .arg(&id);
+        // Said before each command, so that a hang (or a wedged test host) shows where.
+        println!("corpus: {} ...", case.name);
         let runc_out = run_timed(cmd, RUNC_DEADLINE);
         let mut cmd = Command::new(&runc);
         cmd.arg("--root")
@@ -699,6 +701,10 @@ fn malformed_bundles_get_runcs_answer_or_a_named_error_and_leave_nothing() {
         // runc without a mount namespace (no `linux`) mounts into this one, and leaves it.
         unmount_under(&runc_bundle);
         let bundle_s = runm_bundle.to_str().expect("utf-8 path");
+        println!(
+            "corpus: {} runc done ({:.1}s); runm ...",
+            case.name, runc_out.secs
+        );
         let runm_out = run_timed(
             runm.command(&["run", "--bundle", bundle_s, &id]),
             RUNM_DEADLINE,
