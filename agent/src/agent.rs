@@ -201,11 +201,13 @@ impl Agent {
         terminal: bool,
         key: &ProcessKey,
     ) -> Result<i32> {
+        crate::precheck::check(&config).map_err(|e| format!("config.json: {e}"))?;
         let target = bundle.join("rootfs");
         std::fs::create_dir_all(&target)
             .map_err(|e| format!("cannot create {}: {e}", target.display()))?;
         crate::rootfs::mount_rootfs(rootfs, &target).map_err(|e| e.to_string())?;
         crate::copyup::prepare(&mut config, &target, bundle).map_err(|e| e.to_string())?;
+        crate::rootfs::make_cwd(&config, &target);
         let config_path = bundle.join("config.json");
         let json = serde_json::to_vec_pretty(&config).map_err(|e| format!("config.json: {e}"))?;
         std::fs::write(&config_path, json)

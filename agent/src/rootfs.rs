@@ -2,6 +2,7 @@
 //! file system (virtio-fs, the default) or a virtio-blk disk, mounted at the bundle's
 //! `rootfs` before libcontainer takes over.
 
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Component, Path};
 
 use nix::mount::{mount, MsFlags};
@@ -144,6 +145,44 @@ fn parse_block_filesystems(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// Makes the process's working directory in the rootfs when it is missing, as runc does
+/// (mkdir -p, 0755). Only plain directories of the rootfs itself are walked: a cwd under
+/// a mount, with `..`, or through a symlink is left to libcontainer, which reports it.
+pub fn make_cwd(config: &serde_json::Value, rootfs: &Path) {
+    let Some(cwd) = config["process"]["cwd"].as_str().map(Path::new) else {
+        return;
+    };
+    let under_mount = config["mounts"].as_array().into_iter().flatten().any(|m| {
+        m["destination"]
+            .as_str()
+            .is_some_and(|d| d != "/" && cwd.starts_with(d))
+    });
+    let climbs = cwd.components().any(|c| c == Component::ParentDir);
+    if under_mount || climbs || !cwd.is_absolute() {
+        return;
+    }
+    let mut dir = rootfs.to_path_buf();
+    for part in cwd.components() {
+        match part {
+            Component::RootDir => continue,
+            Component::Normal(name) => dir.push(name),
+            _ => return,
+        }
+        match std::fs::symlink_metadata(&dir) {
+            Ok(meta) if meta.is_dir() => continue,
+            Ok(_) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let made = std::fs::DirBuilder::new().mode(0o755).create(&dir);
+                if let Err(e) = made {
+                    tracing::debug!("cannot make the cwd's {}: {e}", dir.display());
+                    return;
+                }
+            }
+            Err(_) => return,
+        }
+    }
+}
+
 fn is_mount_point(dir: &Path) -> bool {
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let want = dir.to_string_lossy();
@@ -154,6 +193,26 @@ fn is_mount_point(dir: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_cwd_is_made_in_the_rootfs_only() {
+        let root = std::env::temp_dir().join(format!("runm-cwd-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("data")).unwrap();
+        std::os::unix::fs::symlink("/", root.join("link")).unwrap();
+        let config = |cwd: &str| {
+            serde_json::json!({"process": {"cwd": cwd},
+                "mounts": [{"destination": "/data", "type": "tmpfs"}]})
+        };
+        make_cwd(&config("/a/b"), &root);
+        assert!(root.join("a/b").is_dir());
+        make_cwd(&config("/data/x"), &root);
+        assert!(!root.join("data/x").exists());
+        make_cwd(&config("/link/runm-cwd-test"), &root);
+        assert!(!Path::new("/runm-cwd-test").exists());
+        make_cwd(&config("/c/../d"), &root);
+        assert!(!root.join("d").exists());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 
     #[test]
     fn block_filesystems_skip_nodev_entries() {

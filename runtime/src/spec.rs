@@ -71,6 +71,7 @@ impl Bundle {
         validate::oci_version(&self.spec)
             .and_then(|()| validate::namespaces(&self.spec))
             .and_then(|()| validate::rootfs_propagation(&self.spec))
+            .and_then(|()| validate::memory(&self.spec))
             .map_err(|(f, m)| field(&f, m))?;
         let rootfs = self.rootfs()?;
         let block_root = self
@@ -123,6 +124,7 @@ impl Bundle {
     ) -> Result<serde_json::Value, SpecError> {
         let mut spec = self.spec.clone();
         spec.set_hooks(None);
+        spec.set_process(spec.process().clone().map(without_host_lsm));
         spec.set_mounts(Some(mounts));
         serde_json::to_value(&spec)
             .map_err(|e| SpecError::Invalid("config.json".into(), e.to_string()))
@@ -150,6 +152,30 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(
     })
 }
 
+/// The process without the host's LSM settings: an AppArmor profile or SELinux label
+/// names a policy of the host's kernel (Docker asks for `docker-default` wherever the
+/// host has AppArmor), which the guest kernel has not; the VM is the boundary there, as
+/// with Kata. Dropped with a warning rather than failing every such client.
+pub fn without_host_lsm(mut process: Process) -> Process {
+    if let Some(profile) = process
+        .apparmor_profile()
+        .as_deref()
+        .filter(|p| !p.is_empty())
+    {
+        log::warn!(
+            "process.apparmorProfile {profile:?} is not applied: the guest kernel has no AppArmor"
+        );
+    }
+    if let Some(label) = process.selinux_label().as_deref().filter(|l| !l.is_empty()) {
+        log::warn!(
+            "process.selinuxLabel {label:?} is not applied: the guest kernel has no SELinux"
+        );
+    }
+    process.set_apparmor_profile(None);
+    process.set_selinux_label(None);
+    process
+}
+
 /// What every process needs: (field, problem) on failure.
 pub fn check_process(process: &Process) -> Result<(), (String, String)> {
     match process.args() {
@@ -162,7 +188,7 @@ pub fn check_process(process: &Process) -> Result<(), (String, String)> {
             format!("{} is not an absolute path", process.cwd().display()),
         ));
     }
-    Ok(())
+    validate::process(process)
 }
 
 #[cfg(test)]

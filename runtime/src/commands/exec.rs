@@ -37,7 +37,7 @@ pub fn exec(global: &GlobalOpts, args: &ExecArgs) -> anyhow::Result<i32> {
             state.bundle,
         )
     };
-    let process = build_process(&bundle_dir, args)?;
+    let process = spec::without_host_lsm(build_process(&bundle_dir, args)?);
     let terminal = process.terminal().unwrap_or(false);
     if terminal && args.detach && args.console_socket.is_none() {
         bail!("--tty with --detach needs --console-socket");

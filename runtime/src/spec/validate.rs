@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
 
 /// A problem: (the field's path in config.json, what is wrong and what was expected).
 pub type Problem = (String, String);
@@ -52,6 +52,12 @@ pub fn namespaces(spec: &Spec) -> Result<(), Problem> {
             ));
         }
     }
+    for (i, ns) in list.iter().enumerate() {
+        if let Some(path) = ns.path() {
+            namespace_path(ns.typ(), path)
+                .map_err(|m| (format!("linux.namespaces[{i}].path"), m))?;
+        }
+    }
     let has = |t: LinuxNamespaceType| seen.contains_key(&t);
     for (field, value) in [
         ("hostname", spec.hostname()),
@@ -95,6 +101,61 @@ pub fn namespaces(spec: &Spec) -> Result<(), Problem> {
     Ok(())
 }
 
+/// What runc refuses in a process (`config.json`'s or `exec`'s): fields relative to it.
+pub fn process(process: &Process) -> Result<(), Problem> {
+    for (i, var) in process.env().iter().flatten().enumerate() {
+        if !var.contains('=') || var.starts_with('=') {
+            return Err((format!("env[{i}]"), format!("{var:?} is not NAME=VALUE")));
+        }
+    }
+    for (i, limit) in process.rlimits().iter().flatten().enumerate() {
+        if limit.soft() > limit.hard() {
+            return Err((
+                format!("rlimits[{i}]"),
+                format!(
+                    "the soft limit {} is above the hard limit {}",
+                    limit.soft(),
+                    limit.hard()
+                ),
+            ));
+        }
+    }
+    if let Some(adj) = process
+        .oom_score_adj()
+        .filter(|a| !(-1000..=1000).contains(a))
+    {
+        return Err((
+            "oomScoreAdj".into(),
+            format!("{adj} is not from -1000 to 1000"),
+        ));
+    }
+    Ok(())
+}
+
+/// `linux.resources.memory.limit`: -1 (no limit) or enough to start a process.
+pub fn memory(spec: &Spec) -> Result<(), Problem> {
+    /// Below this the container's init is OOM-killed before it runs (runc then reports
+    /// "container init was OOM-killed (memory limit too low?)").
+    const MIN_LIMIT: i64 = 1 << 20;
+    let limit = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.resources().as_ref())
+        .and_then(|r| r.memory().as_ref())
+        .and_then(|m| m.limit());
+    match limit {
+        Some(l) if l < -1 => Err((
+            "linux.resources.memory.limit".into(),
+            format!("{l} is not a size in bytes (or -1 for no limit)"),
+        )),
+        Some(l) if (1..MIN_LIMIT).contains(&l) => Err((
+            "linux.resources.memory.limit".into(),
+            format!("{l} bytes is too low to start a process (at least {MIN_LIMIT})"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// `linux.rootfsPropagation`: one of the mount propagation kinds.
 pub fn rootfs_propagation(spec: &Spec) -> Result<(), Problem> {
     const KINDS: [&str; 8] = [
@@ -118,6 +179,32 @@ pub fn rootfs_propagation(spec: &Spec) -> Result<(), Problem> {
         )),
         _ => Ok(()),
     }
+}
+
+/// A namespace path must exist and, where it says (a `/proc/PID/ns/*` link), be of its
+/// entry's type.
+fn namespace_path(typ: LinuxNamespaceType, path: &std::path::Path) -> Result<(), String> {
+    if let Err(e) = std::fs::metadata(path) {
+        return Err(format!("{}: {e}", path.display()));
+    }
+    let Ok(target) = std::fs::read_link(path) else {
+        return Ok(());
+    };
+    let kind = target.to_string_lossy();
+    let kind = kind.split(':').next().unwrap_or_default();
+    let want = match typ {
+        LinuxNamespaceType::Network => "net".to_string(),
+        LinuxNamespaceType::Mount => "mnt".to_string(),
+        other => type_name(other),
+    };
+    if kind != want {
+        return Err(format!(
+            "{} is a {kind} namespace, not a {} one",
+            path.display(),
+            type_name(typ)
+        ));
+    }
+    Ok(())
 }
 
 /// The namespace a sysctl belongs to (runc's list), `None` for a global one.
@@ -232,6 +319,56 @@ mod tests {
             serde_json::json!({"linux": {"sysctl": {"kernel.shmmax": "1000", "fs.mqueue.msg_max": "10"}}}),
         );
         assert!(namespaces(&s).is_ok());
+    }
+
+    #[test]
+    fn processes_runc_refuses() {
+        let p = |patch: serde_json::Value| {
+            let mut c = serde_json::to_value(Spec::default()).unwrap();
+            json_patch(&mut c["process"], patch);
+            let s: Spec = serde_json::from_value(c).unwrap();
+            process(s.process().as_ref().unwrap()).map_err(|(f, _)| f)
+        };
+        assert!(p(serde_json::json!({})).is_ok());
+        assert_eq!(
+            p(serde_json::json!({"env": ["A=1", "NOEQUALS"]})),
+            Err("env[1]".into())
+        );
+        let rl = serde_json::json!([{"type": "RLIMIT_NOFILE", "soft": 10, "hard": 5}]);
+        assert_eq!(
+            p(serde_json::json!({"rlimits": rl})),
+            Err("rlimits[0]".into())
+        );
+        assert_eq!(
+            p(serde_json::json!({"oomScoreAdj": 5000})),
+            Err("oomScoreAdj".into())
+        );
+        // Host LSM settings are dropped with a warning (without_host_lsm), not refused.
+        assert!(p(serde_json::json!({"selinuxLabel": "x", "apparmorProfile": "y"})).is_ok());
+    }
+
+    #[test]
+    fn memory_limits() {
+        let m = |limit: i64| {
+            memory(&spec(
+                serde_json::json!({"linux": {"resources": {"memory": {"limit": limit}}}}),
+            ))
+        };
+        assert!(m(-1).is_ok() && m(0).is_ok() && m(64 << 20).is_ok());
+        assert!(m(-5).is_err() && m(4096).is_err());
+    }
+
+    #[test]
+    fn namespace_paths_exist_and_match() {
+        assert!(namespace_path(LinuxNamespaceType::Network, "/proc/self/ns/net".as_ref()).is_ok());
+        let e =
+            namespace_path(LinuxNamespaceType::Cgroup, "/proc/self/ns/ipc".as_ref()).unwrap_err();
+        assert!(e.contains("ipc namespace"), "{e}");
+        assert!(namespace_path(
+            LinuxNamespaceType::Network,
+            "/proc/999999999/ns/net".as_ref()
+        )
+        .is_err());
     }
 
     #[test]
