@@ -20,6 +20,7 @@ use crate::console::{self, RawGuard};
 use crate::guest_assets::{self, Asset};
 use crate::hooks::{self, HookPoint};
 use crate::mounts::{Plan, RootSource};
+use crate::network::{self, HostNetns};
 use crate::relay::{HostStdio, Relay};
 use crate::sandbox::Sandbox;
 use crate::spec::Bundle;
@@ -213,6 +214,9 @@ fn start_container(
     let (dir, sockets) = (root.dir(id), root.sockets_dir(id));
     let bundle_dir = root.lock(id)?.load_raw()?.bundle;
     let bundle = Bundle::load(&bundle_dir)?;
+    // On this (the main) thread, so state's pid is in the container's network namespace.
+    let netns = network::requested(&bundle.spec).flatten();
+    let host_netns = network::enter(netns.as_deref())?;
     let config = Config::load()?;
     let (vcpus, mem_mib) = bundle.vm_size(config.host_limits())?;
     let plan = crate::mounts::plan(&bundle, Path::new(SHARED_DIR))?;
@@ -267,7 +271,7 @@ fn start_container(
     })?;
     phase("boot_to_agent", t);
     let t = std::time::Instant::now();
-    let result = create_in_guest(root, id, &bundle, &plan, console_socket);
+    let result = create_in_guest(root, id, (&bundle, &plan), console_socket, &host_netns);
     phase("create_in_guest", t);
     match result {
         Ok((relay, raw)) => Ok((sandbox, relay, raw, fs)),
@@ -310,9 +314,9 @@ fn start_fs_server(
 fn create_in_guest(
     root: &Root,
     id: &str,
-    bundle: &Bundle,
-    plan: &Plan,
+    (bundle, plan): (&Bundle, &Plan),
     console_socket: Option<&Path>,
+    host_netns: &HostNetns,
 ) -> anyhow::Result<(Relay, Option<RawGuard>)> {
     let sockets = root.sockets_dir(id);
     let (stdio, raw) = host_stdio(bundle.terminal(), console_socket)?;
@@ -343,11 +347,11 @@ fn create_in_guest(
     st.status = Status::Created;
     locked.save(&st)?;
     let oci = st.oci_json();
-    hooks::run(bundle.spec.hooks().as_ref(), HookPoint::CreateRuntime, &oci)?;
-    hooks::run(
-        bundle.spec.hooks().as_ref(),
-        HookPoint::CreateContainer,
-        &oci,
-    )?;
+    // Hooks run in the runtime's namespaces, as runc runs them.
+    let hooks = bundle.spec.hooks().as_ref();
+    host_netns.run(|| {
+        hooks::run(hooks, HookPoint::CreateRuntime, &oci)?;
+        hooks::run(hooks, HookPoint::CreateContainer, &oci)
+    })??;
     Ok((relay, raw))
 }

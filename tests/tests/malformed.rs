@@ -402,11 +402,15 @@ fn corpus() -> Vec<Case> {
             c["linux"]["personality"] = json!({"domain": "BANANA"})
         })
         .may_refuse("an unknown personality domain; runc 1.1 does not know the field"),
-        Case::json("linux_missing", "linux", |c| {
+        Case::json("linux_missing", "linux.namespaces", |c| {
             remove(c, "linux");
             remove(c, "hostname");
         })
-        .may_run("the VM is the isolation; a config without `linux` can still run"),
+        .may_refuse("no namespaces means the host's network stack, which a microVM cannot share (as Kata refuses it)"),
+        Case::json("network_namespace_missing", "linux.namespaces", |c| {
+            namespaces(c).retain(|n| n["type"] != "network");
+        })
+        .may_refuse("host networking: a microVM cannot share the host's network stack (as Kata refuses it)"),
         // --- annotations ---
         Case::json("annotations_huge", "annotations", |c| {
             let many: serde_json::Map<String, Value> = (0..1000)

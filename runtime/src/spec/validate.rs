@@ -36,6 +36,14 @@ pub fn oci_version(spec: &Spec) -> Result<(), Problem> {
 
 /// `linux.namespaces` and what depends on them.
 pub fn namespaces(spec: &Spec) -> Result<(), Problem> {
+    if crate::network::requested(spec).is_none() {
+        return Err((
+            "linux.namespaces".into(),
+            "has no network namespace (host networking): a microVM cannot share the host's \
+             network stack; give the container a network namespace (with or without a path)"
+                .into(),
+        ));
+    }
     let Some(linux) = spec.linux() else {
         return Ok(());
     };
@@ -297,17 +305,14 @@ mod tests {
 
     #[test]
     fn what_needs_a_namespace_is_named() {
-        let only_mount = serde_json::json!([{"type": "mount"}]);
+        let only_mount = serde_json::json!([{"type": "mount"}, {"type": "network"}]);
         let s = spec(serde_json::json!({"hostname": "h", "linux": {"namespaces": only_mount}}));
         assert_eq!(namespaces(&s).unwrap_err().0, "hostname");
         let s = spec(
             serde_json::json!({"hostname": null, "linux": {"namespaces": only_mount,
-            "sysctl": {"net.ipv4.ip_forward": "1"}}}),
+            "sysctl": {"kernel.shmmax": "1000"}}}),
         );
-        assert_eq!(
-            namespaces(&s).unwrap_err().0,
-            "linux.sysctl.net.ipv4.ip_forward"
-        );
+        assert_eq!(namespaces(&s).unwrap_err().0, "linux.sysctl.kernel.shmmax");
         let s = spec(
             serde_json::json!({"hostname": null, "linux": {"namespaces": only_mount,
             "uidMappings": [{"containerID": 0, "hostID": 1000, "size": 1}]}}),
@@ -369,6 +374,14 @@ mod tests {
             "/proc/999999999/ns/net".as_ref()
         )
         .is_err());
+    }
+
+    #[test]
+    fn host_networking_is_refused() {
+        let s = spec(serde_json::json!({"linux": {"namespaces": [{"type": "pid"}]}}));
+        let (field, msg) = namespaces(&s).unwrap_err();
+        assert_eq!(field, "linux.namespaces");
+        assert!(msg.contains("network"), "{msg}");
     }
 
     #[test]
