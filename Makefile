@@ -27,10 +27,11 @@ STATIC_ENV := LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-li
 # block rootfs images (e2fsprogs), the benchmarks' peers (runc, crun), the agent's
 # static libseccomp (libseccomp-dev), virtiofsd's build (libcap-ng-dev) and a Debian
 # rootfs for the tests (debootstrap), the clients the tests drive runm with (podman,
-# containerd, Docker), and kill(1), which the tests use (procps: not essential).
+# containerd, Docker), and kill(1) and ip(8), which the tests use (procps, iproute2:
+# not essential).
 APT_PACKAGES := linux-source-6.12 bc flex bison libelf-dev libssl-dev xz-utils \
 	qemu-system-x86 linux-image-amd64 busybox-static cpio kmod e2fsprogs runc crun \
-	libseccomp-dev libcap-ng-dev debootstrap podman containerd docker.io procps
+	libseccomp-dev libcap-ng-dev debootstrap podman containerd docker.io procps iproute2
 
 .PHONY: all deps runm virtiofsd agent kernel initramfs guest test-guest demo test \
 	unit-test integration-test lint bench install clean
