@@ -36,7 +36,7 @@ pub enum CopyUpError {
 
 /// Options that are mount flags (they go on the bind); everything else is tmpfs data
 /// (`size=`, `mode=`, ...) and goes to the tmpfs itself.
-const FLAG_OPTIONS: &[&str] = &[
+pub(crate) const FLAG_OPTIONS: &[&str] = &[
     "ro",
     "rw",
     "nosuid",

@@ -12,40 +12,15 @@ use serde_json::Value;
 const PROBE_DIR: &str = "/run/runm-probe";
 /// Filesystems with no backing store, so a trial mount has no effect beyond itself.
 const PSEUDO_FS: [&str; 3] = ["tmpfs", "mqueue", "devpts"];
-/// Mount options that are flags (libcontainer turns them into MS_*), not data.
-const FLAG_OPTIONS: [&str; 40] = [
-    "ro",
-    "rw",
-    "nosuid",
-    "suid",
-    "nodev",
-    "dev",
-    "noexec",
-    "exec",
-    "sync",
-    "async",
+/// Mount options libcontainer also takes as flags, beyond the ones copy-up puts on its
+/// bind (`copyup::FLAG_OPTIONS`): none of them is filesystem data.
+const MORE_FLAG_OPTIONS: [&str; 14] = [
     "remount",
     "mand",
     "nomand",
     "dirsync",
-    "atime",
-    "noatime",
-    "diratime",
-    "nodiratime",
     "bind",
     "rbind",
-    "relatime",
-    "norelatime",
-    "strictatime",
-    "nostrictatime",
-    "private",
-    "rprivate",
-    "shared",
-    "rshared",
-    "slave",
-    "rslave",
-    "unbindable",
-    "runbindable",
     "tmpcopyup",
     "lazytime",
     "nolazytime",
@@ -83,7 +58,7 @@ pub fn check(config: &Value) -> Result<(), String> {
             .into_iter()
             .flatten()
             .filter_map(Value::as_str)
-            .filter(|o| !FLAG_OPTIONS.contains(o))
+            .filter(|o| !crate::copyup::FLAG_OPTIONS.contains(o) && !MORE_FLAG_OPTIONS.contains(o))
             .collect();
         if data.is_empty() {
             continue;

@@ -339,10 +339,8 @@ fn create_in_guest(
     let (relay, guest_pid) = launch(&vsock_path(&sockets), &ProcessKey::init(id), stdio, &create)
         .context("cannot create the container in the guest")?;
     let locked = root.lock(id)?;
+    // `claim` recorded this process's pid before the boot.
     let mut st = locked.load_raw()?;
-    let pid = i32::try_from(std::process::id()).unwrap_or(0);
-    st.pid = pid;
-    st.pid_start = state::process_start_time(pid).unwrap_or(0);
     st.guest_pid = guest_pid;
     st.status = Status::Created;
     locked.save(&st)?;
