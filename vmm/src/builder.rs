@@ -20,6 +20,7 @@ use crate::devices::legacy::{EventFdTrigger, Serial, I8042};
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::fs::{Fs, FsError};
 use crate::devices::virtio::mmio::{MmioError, MmioTransport, MMIO_LEN, NOTIFY_OFFSET};
+use crate::devices::virtio::net::{Net, NetAttacher, NetConfig, NetError};
 use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::devices::{Bus, BusError};
@@ -65,6 +66,8 @@ pub enum StartMicrovmError {
     Vsock(#[from] VsockError),
     #[error(transparent)]
     Fs(#[from] FsError),
+    #[error(transparent)]
+    Net(#[from] NetError),
     #[error("cannot start vCPU thread {id}: {source}")]
     SpawnVcpu { id: u8, source: std::io::Error },
 }
@@ -117,6 +120,7 @@ pub fn start_microvm(config: VmConfig) -> Result<Microvm, StartMicrovmError> {
             Arc::new(Mutex::new(fs)),
         )?;
     }
+    let net = attach_net(&vm, &mem, &mut buses.mmio, &mut virtio, config.net)?;
     let cmdline = format!("{}{}", config.cmdline, virtio.cmdline);
 
     let boot = boot::load(&mem, &config.kernel, config.initrd.as_deref(), &cmdline)?;
@@ -135,6 +139,7 @@ pub fn start_microvm(config: VmConfig) -> Result<Microvm, StartMicrovmError> {
         serial,
         exit: None,
         devices,
+        net,
         _vm: vm,
         _mem: mem,
     };
@@ -252,6 +257,23 @@ where
     slots.cmdline += &format!(" virtio_mmio.device=4K@{base:#x}:{irq}");
     slots.subscribers.push(device);
     Ok(())
+}
+
+/// The virtio-net devices, in order, and the handle that attaches their taps later.
+fn attach_net(
+    vm: &Vm,
+    mem: &GuestMemoryMmap,
+    mmio: &mut Bus,
+    slots: &mut VirtioSlots,
+    configs: Vec<NetConfig>,
+) -> Result<NetAttacher, StartMicrovmError> {
+    let mut attacher = NetAttacher::default();
+    for (index, config) in configs.into_iter().enumerate() {
+        let net = Arc::new(Mutex::new(Net::new(index, config, mem)?));
+        attacher.devices.push(Arc::downgrade(&net));
+        attach_virtio_device(vm, mem, mmio, slots, net)?;
+    }
+    Ok(attacher)
 }
 
 fn create_vcpus(vm: &Vm, count: u8, boot: BootEntry) -> Result<Vec<Vcpu>, StartMicrovmError> {

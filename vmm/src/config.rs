@@ -4,6 +4,7 @@ use std::io::Write;
 
 use crate::devices::virtio::block::BlockConfig;
 use crate::devices::virtio::fs::{FsConfig, TAG_LEN};
+use crate::devices::virtio::net::NetConfig;
 use crate::devices::virtio::vsock::VsockConfig;
 use std::path::{Path, PathBuf};
 
@@ -45,6 +46,31 @@ pub enum ConfigError {
         tag: String,
         why: FsTagProblem,
     },
+    #[error("net[{index}].mac {} {why}", format_mac(.mac))]
+    NetMac {
+        index: usize,
+        mac: [u8; 6],
+        why: NetMacProblem,
+    },
+}
+
+/// What is wrong with a virtio-net MAC address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NetMacProblem {
+    #[error("is a multicast address (the low bit of the first byte is set)")]
+    Multicast,
+    #[error("is all zeroes")]
+    Zero,
+    #[error("is used by another virtio-net device")]
+    Duplicate,
+}
+
+/// `02:00:00:00:00:01`.
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// What is wrong with a virtio-fs tag.
@@ -78,6 +104,9 @@ pub struct VmConfig {
     /// listening on its socket when the VM starts. With any of them, guest RAM is a
     /// shared memfd.
     pub fs: Vec<FsConfig>,
+    /// virtio-net devices, attached after every other device, each with its tap or
+    /// without one yet (its link down until `Microvm::net_attacher` gives it one).
+    pub net: Vec<NetConfig>,
 }
 
 impl std::fmt::Debug for VmConfig {
@@ -91,6 +120,7 @@ impl std::fmt::Debug for VmConfig {
             .field("disks", &self.disks)
             .field("vsock", &self.vsock)
             .field("fs", &self.fs)
+            .field("net", &self.net)
             .finish_non_exhaustive()
     }
 }
@@ -118,7 +148,28 @@ impl VmConfig {
                 source,
             })?;
         }
-        self.validate_fs_tags()
+        self.validate_fs_tags()?;
+        self.validate_net_macs()
+    }
+
+    /// MACs must be unicast, not zero, and one per device.
+    fn validate_net_macs(&self) -> Result<(), ConfigError> {
+        for (index, net) in self.net.iter().enumerate() {
+            let mac = net.mac;
+            let why = if mac == [0; 6] {
+                Some(NetMacProblem::Zero)
+            } else if mac[0] & 1 != 0 {
+                Some(NetMacProblem::Multicast)
+            } else if self.net[..index].iter().any(|other| other.mac == mac) {
+                Some(NetMacProblem::Duplicate)
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return Err(ConfigError::NetMac { index, mac, why });
+            }
+        }
+        Ok(())
     }
 
     /// Tags are what the guest mounts by: 1 to 36 bytes, one device each.
@@ -176,6 +227,60 @@ mod tests {
             disks: Vec::new(),
             vsock: None,
             fs: Vec::new(),
+            net: Vec::new(),
+        }
+    }
+
+    fn net(mac: [u8; 6]) -> NetConfig {
+        NetConfig {
+            mac,
+            tap: None,
+            backend: crate::devices::virtio::net::NetBackend::default(),
+        }
+    }
+
+    #[test]
+    fn net_macs_are_checked_naming_the_device() {
+        let mut c = config(Path::new("/proc/self/exe"));
+        let a = [0x02, 0, 0, 0, 0, 1];
+        let b = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+        c.net = vec![net(a), net(b)];
+        c.validate().unwrap();
+
+        let cases = [
+            (
+                vec![net(a), net([0x03, 0, 0, 0, 0, 1])],
+                1,
+                NetMacProblem::Multicast,
+                "net[1].mac 03:00:00:00:00:01 is a multicast address",
+            ),
+            (
+                vec![net([0xff; 6])],
+                0,
+                NetMacProblem::Multicast,
+                "net[0].mac ff:ff:ff:ff:ff:ff is a multicast address",
+            ),
+            (
+                vec![net([0; 6])],
+                0,
+                NetMacProblem::Zero,
+                "net[0].mac 00:00:00:00:00:00 is all zeroes",
+            ),
+            (
+                vec![net(a), net(b), net(a)],
+                2,
+                NetMacProblem::Duplicate,
+                "net[2].mac 02:00:00:00:00:01 is used by another virtio-net device",
+            ),
+        ];
+        for (devices, at, problem, text) in cases {
+            c.net = devices;
+            let err = c.validate().unwrap_err();
+            assert!(
+                matches!(&err, ConfigError::NetMac { index, why, .. } if *index == at && *why == problem),
+                "{err}"
+            );
+            assert!(err.to_string().starts_with(text), "{err}");
         }
     }
 

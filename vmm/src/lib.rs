@@ -15,4 +15,5 @@ pub mod vstate;
 
 pub use builder::{start_microvm, StartMicrovmError};
 pub use config::{ConfigError, VmConfig};
+pub use devices::virtio::net::{NetAttacher, NetBackend, NetConfig, NetError, Tap};
 pub use microvm::{ExitReason, Microvm, MicrovmError, VmStopper};

@@ -11,6 +11,7 @@ use vm_superio::Trigger;
 use vmm_sys_util::signal::Killable;
 
 use crate::devices::legacy::Serial;
+use crate::devices::virtio::net::NetAttacher;
 use crate::event_loop::DeviceThread;
 use crate::vstate::vcpu::{kick_signal, VcpuExited, VcpuStop};
 use crate::vstate::vm::Vm;
@@ -110,6 +111,7 @@ pub struct Microvm {
     pub(crate) serial: Arc<Mutex<Serial>>,
     pub(crate) exit: Option<ExitReason>,
     pub(crate) devices: DeviceThread,
+    pub(crate) net: NetAttacher,
     // Field order matters: the vCPU threads are joined in `Drop` before the VM and its
     // memory are released.
     pub(crate) _vm: Vm,
@@ -156,6 +158,11 @@ impl Microvm {
     /// A handle that stops this VM from any thread.
     pub fn stopper(&self) -> VmStopper {
         self.stopper.clone()
+    }
+
+    /// A handle that attaches taps to this VM's virtio-net devices from any thread.
+    pub fn net_attacher(&self) -> NetAttacher {
+        self.net.clone()
     }
 
     /// How the guest stopped, if it has stopped by itself; does not wait.

@@ -1,5 +1,12 @@
 //! The interrupt of a virtio-mmio device: a status register the driver reads and acks,
 //! and an irqfd that raises the device's GSI.
+//!
+//! A backend in the host kernel (vhost-net) writes the irqfd itself and cannot set the
+//! status register; the Linux virtio-mmio driver ignores an interrupt whose status lacks
+//! [`INT_VRING`]. While such a backend runs, [`Interrupt::set_vring_always`] makes the
+//! register read [`INT_VRING`] whatever the driver acked: every interrupt of the device
+//! then looks at the used rings, which costs a spurious check at most (a config-change
+//! interrupt also scans the rings, and a ring without new used buffers is skipped).
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -13,6 +20,8 @@ pub const INT_CONFIG: u32 = 2;
 #[derive(Debug)]
 pub struct Interrupt {
     status: AtomicU32,
+    /// Bits that read as set whatever the driver acks ([`INT_VRING`] or nothing).
+    always: AtomicU32,
     irq: EventFd,
 }
 
@@ -20,6 +29,7 @@ impl Interrupt {
     pub fn new(irq: EventFd) -> Self {
         Self {
             status: AtomicU32::new(0),
+            always: AtomicU32::new(0),
             irq,
         }
     }
@@ -45,7 +55,14 @@ impl Interrupt {
     }
 
     pub fn status(&self) -> u32 {
-        self.status.load(Ordering::SeqCst)
+        self.status.load(Ordering::SeqCst) | self.always.load(Ordering::SeqCst)
+    }
+
+    /// While `on`, the status reads [`INT_VRING`] even when nothing in the VMM raised it:
+    /// for a backend that writes the irqfd directly. Off again at the device's reset.
+    pub fn set_vring_always(&self, on: bool) {
+        let bits = if on { INT_VRING } else { 0 };
+        self.always.store(bits, Ordering::SeqCst);
     }
 
     /// Clears the bits the driver acknowledged.
@@ -67,5 +84,22 @@ mod tests {
         assert_eq!(i.irq_evt().read().unwrap(), 2);
         i.ack(INT_VRING);
         assert_eq!(i.status(), INT_CONFIG);
+    }
+
+    #[test]
+    fn a_direct_irqfd_backend_keeps_the_vring_bit_until_switched_off() {
+        let i = Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        i.set_vring_always(true);
+        // vhost writes the irqfd; the driver reads the status, then acks what it read.
+        i.irq_evt().write(1).unwrap();
+        assert_eq!(i.status(), INT_VRING);
+        i.ack(INT_VRING);
+        assert_eq!(i.status(), INT_VRING, "still there for the next interrupt");
+        i.signal_config_change().unwrap();
+        assert_eq!(i.status(), INT_VRING | INT_CONFIG);
+        i.ack(INT_VRING | INT_CONFIG);
+        assert_eq!(i.status(), INT_VRING);
+        i.set_vring_always(false);
+        assert_eq!(i.status(), 0);
     }
 }

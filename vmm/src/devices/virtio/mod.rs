@@ -10,6 +10,7 @@ pub mod block;
 pub mod fs;
 pub mod interrupt;
 pub mod mmio;
+pub mod net;
 #[cfg(test)]
 pub(crate) mod test_utils;
 pub mod vsock;
