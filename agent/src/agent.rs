@@ -17,6 +17,7 @@ use runm_protocol::{AgentInfo, ProcessKey, Request, Response, Rootfs, StreamKind
 use vsock::VsockStream;
 
 use crate::helper::{self, HelperOp};
+use crate::network::Network;
 use crate::process::{Proc, ProcessTable, OUTPUT_GRACE};
 use crate::reaper::Reaper;
 use crate::streams::{Attached, StreamRegistry};
@@ -41,6 +42,8 @@ pub struct Agent {
     procs: ProcessTable,
     /// Containers by id; `None` while being created (the id is taken).
     containers: Mutex<HashMap<String, Option<ContainerEntry>>>,
+    /// The sandbox network namespace the containers share.
+    network: Network,
 }
 
 type Result<T> = std::result::Result<T, String>;
@@ -59,6 +62,7 @@ impl Agent {
             streams: StreamRegistry::default(),
             procs: ProcessTable::default(),
             containers: Mutex::new(HashMap::new()),
+            network: Network::guest(),
         }
     }
 
@@ -124,6 +128,11 @@ impl Agent {
                     .map(Response::Stats)
                     .map_err(|e| format!("stats of container {id}: {e}"))
             }),
+            Request::AddInterface { iface } => self
+                .network
+                .add_interface::<rtnl::Rtnl>(&iface)
+                .map(|()| Response::Ok)
+                .map_err(|e| e.to_string()),
         };
         outcome.unwrap_or_else(|message| Response::Error { message })
     }
@@ -161,7 +170,13 @@ impl Agent {
         if let Some(tag) = shared_fs {
             crate::rootfs::mount_shared(tag).map_err(|e| e.to_string())?;
         }
-        let terminal = spec::rewrite_config(&mut config, id).map_err(|e| e.to_string())?;
+        let network_ns = if spec::has_namespace(&config, "network") {
+            Some(self.network.sandbox_path().map_err(|e| e.to_string())?)
+        } else {
+            None
+        };
+        let terminal =
+            spec::rewrite_config(&mut config, id, network_ns).map_err(|e| e.to_string())?;
         {
             let mut containers = self.containers();
             if containers.contains_key(id) {

@@ -31,7 +31,8 @@ pub fn deadline(request: &Request) -> Option<Duration> {
         | Request::Pause { .. }
         | Request::Resume { .. }
         | Request::Processes { .. }
-        | Request::Stats { .. } => Some(QUICK),
+        | Request::Stats { .. }
+        | Request::AddInterface { .. } => Some(QUICK),
     }
 }
 

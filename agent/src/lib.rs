@@ -8,6 +8,7 @@ pub mod deadline;
 pub mod debug;
 pub mod helper;
 pub mod init;
+pub mod network;
 pub mod precheck;
 pub mod process;
 pub mod reaper;

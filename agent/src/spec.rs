@@ -1,6 +1,8 @@
 //! What the agent checks and rewrites in the host's requests before it acts on them: ids,
 //! devices, and the parts of an OCI config that name host things.
 
+use std::path::Path;
+
 use libcontainer::oci_spec::runtime::{Process, Spec};
 use runm_protocol::MAX_ID_LEN;
 use serde_json::{Map, Value};
@@ -76,13 +78,18 @@ pub fn cgroup_path(id: &str) -> String {
 
 /// Makes the host's OCI config fit the guest, and parses it to check it:
 /// - `root.path` is `rootfs`, where the agent mounts the disk beside `config.json`;
-/// - namespaces are new ones: a `path` names a host namespace;
+/// - namespaces are new ones, a `path` names a host namespace; but the `network` one,
+///   given `network_ns`, is that guest namespace (the sandbox's, see `network/`);
 /// - no hooks: the host runs them;
 /// - `linux.cgroupsPath` is `/runm/<id>`: the host's (often systemd-style) path means
 ///   nothing in the guest.
 ///
 /// Returns whether the process wants a terminal.
-pub fn rewrite_config(config: &mut Value, id: &str) -> Result<bool, SpecError> {
+pub fn rewrite_config(
+    config: &mut Value,
+    id: &str,
+    network_ns: Option<&Path>,
+) -> Result<bool, SpecError> {
     let obj = config
         .as_object_mut()
         .ok_or_else(|| SpecError::Config("not a JSON object".into()))?;
@@ -104,7 +111,16 @@ pub fn rewrite_config(config: &mut Value, id: &str) -> Result<bool, SpecError> {
     linux.insert("cgroupsPath".into(), Value::String(cgroup_path(id)));
     if let Some(namespaces) = linux.get_mut("namespaces").and_then(Value::as_array_mut) {
         for ns in namespaces.iter_mut().filter_map(Value::as_object_mut) {
-            ns.remove("path");
+            let network = ns.get("type").and_then(Value::as_str) == Some("network");
+            match network_ns {
+                Some(path) if network => {
+                    let path = path.to_string_lossy().into_owned();
+                    ns.insert("path".into(), Value::String(path));
+                }
+                _ => {
+                    ns.remove("path");
+                }
+            }
         }
     }
     let spec: Spec =
@@ -115,6 +131,13 @@ pub fn rewrite_config(config: &mut Value, id: &str) -> Result<bool, SpecError> {
         .ok_or_else(|| SpecError::Config("it has no `process`".into()))?;
     check_process(process).map_err(SpecError::Config)?;
     Ok(process.terminal().unwrap_or(false))
+}
+
+/// Whether the OCI config asks for a namespace of type `kind` (`network`, `pid`, ...).
+pub fn has_namespace(config: &Value, kind: &str) -> bool {
+    config["linux"]["namespaces"]
+        .as_array()
+        .is_some_and(|all| all.iter().any(|ns| ns["type"].as_str() == Some(kind)))
 }
 
 /// Parses an exec'd process (an OCI `process` object). Returns whether it wants a
@@ -197,7 +220,7 @@ mod tests {
     #[test]
     fn host_parts_are_rewritten() {
         let mut config = minimal();
-        assert_eq!(rewrite_config(&mut config, "c1"), Ok(false));
+        assert_eq!(rewrite_config(&mut config, "c1", None), Ok(false));
         assert_eq!(config["root"], json!({"path": "rootfs", "readonly": true}));
         assert!(config.get("hooks").is_none());
         assert_eq!(config["linux"]["cgroupsPath"], "/runm/c1");
@@ -208,25 +231,50 @@ mod tests {
     }
 
     #[test]
+    fn the_network_namespace_is_the_sandbox_one() {
+        let mut config = minimal();
+        assert!(has_namespace(&config, "network"));
+        assert!(!has_namespace(&config, "user"));
+        let sandbox = Path::new("/run/runm/netns/sandbox");
+        assert_eq!(rewrite_config(&mut config, "c1", Some(sandbox)), Ok(false));
+        assert_eq!(
+            config["linux"]["namespaces"],
+            json!([{"type": "pid"}, {"type": "network", "path": "/run/runm/netns/sandbox"}])
+        );
+        // Only a namespace the config asks for is joined: none is added.
+        let mut config = minimal();
+        config["linux"]["namespaces"] = json!([{"type": "pid", "path": "/proc/1/ns/pid"}]);
+        assert!(!has_namespace(&config, "network"));
+        assert_eq!(rewrite_config(&mut config, "c1", Some(sandbox)), Ok(false));
+        assert_eq!(config["linux"]["namespaces"], json!([{"type": "pid"}]));
+        config.as_object_mut().unwrap().remove("linux");
+        assert!(!has_namespace(&config, "network"));
+        assert_eq!(rewrite_config(&mut config, "c", Some(sandbox)), Ok(false));
+        assert!(config["linux"].get("namespaces").is_none());
+    }
+
+    #[test]
     fn missing_linux_and_terminal_are_handled() {
         let mut config = minimal();
         config.as_object_mut().unwrap().remove("linux");
         config["process"]["terminal"] = json!(true);
-        assert_eq!(rewrite_config(&mut config, "c"), Ok(true));
+        assert_eq!(rewrite_config(&mut config, "c", None), Ok(true));
         assert_eq!(config["linux"]["cgroupsPath"], "/runm/c");
     }
 
     #[test]
     fn bad_configs_are_refused_with_a_reason() {
         let mut config = json!([1]);
-        assert!(rewrite_config(&mut config, "c").is_err());
+        assert!(rewrite_config(&mut config, "c", None).is_err());
         let mut config = minimal();
         config.as_object_mut().unwrap().remove("process");
-        let msg = rewrite_config(&mut config, "c").unwrap_err().to_string();
+        let msg = rewrite_config(&mut config, "c", None)
+            .unwrap_err()
+            .to_string();
         assert!(msg.contains("no `process`"), "{msg}");
         let mut config = minimal();
         config["process"]["args"] = json!("sh");
-        assert!(rewrite_config(&mut config, "c").is_err());
+        assert!(rewrite_config(&mut config, "c", None).is_err());
     }
 
     #[test]

@@ -7,15 +7,20 @@
 
 mod framing;
 mod messages;
+mod network;
 
 pub use framing::{read_frame, write_frame, FrameError, MAX_FRAME_LEN};
 pub use messages::{
     is_fstype_name, AgentInfo, ContainerStats, ProcessInfo, ProcessKey, Request, Response, Rootfs,
     StreamKind, MAX_ID_LEN, MAX_PROCESSES, MAX_TEXT_LEN,
 };
+pub use network::{
+    format_mac, parse_cidr, parse_mac, DnsKind, Interface, Route, DNS_PORT, DOCKER_DNS,
+    MAX_ADDRESSES, MAX_IFNAME_LEN,
+};
 
 /// Bumped on every incompatible change to the messages.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 /// The vsock port the agent listens on.
 pub const AGENT_PORT: u32 = 1024;
 /// Where the agent mounts the sandbox's shared file system (virtio-fs).

@@ -83,6 +83,14 @@ pub enum Request {
     Stats {
         id: String,
     },
+    /// Gives the container a network interface: the guest's virtio-net device whose MAC
+    /// is `iface.device_mac` moves into the guest namespace the container's network
+    /// namespace is, named, addressed and routed as the host interface it stands for,
+    /// and up. Sent before `CreateContainer` for the interfaces the namespace had at
+    /// boot, and at any time later for those that appear. Answered with `Ok`.
+    AddInterface {
+        iface: crate::Interface,
+    },
 }
 
 /// A process the agent runs: a container's init (`exec` is `None`) or an exec'd process.
