@@ -1,5 +1,5 @@
 //! runm's own settings: `/etc/runm/config.toml` (or `$RUNM_CONFIG`), overridden by the
-//! environment (`RUNM_KERNEL`, `RUNM_INITRD`, `RUNM_VIRTIOFSD`). Everything has a default, so a missing
+//! environment (`RUNM_KERNEL`, `RUNM_INITRD`, `RUNM_VIRTIOFSD`, `RUNM_NET_BACKEND`). Everything has a default, so a missing
 //! file is fine; an unreadable or malformed one is an error that names it.
 //!
 //! ```toml
@@ -9,6 +9,7 @@
 //! virtiofsd = "/usr/libexec/virtiofsd"
 //! virtiofs_cache = "auto"     # never | metadata | auto | always
 //! max_memory_mib = 3072       # the most memory a container's VM gets
+//! net_backend = "auto"        # vhost | userspace | auto (vhost where /dev/vhost-net opens)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -23,6 +24,8 @@ pub const ENV_CONFIG: &str = "RUNM_CONFIG";
 pub const ENV_KERNEL: &str = "RUNM_KERNEL";
 pub const ENV_INITRD: &str = "RUNM_INITRD";
 pub const ENV_VIRTIOFSD: &str = "RUNM_VIRTIOFSD";
+/// Overrides `net_backend` (the network benchmark compares the two this way).
+pub const ENV_NET_BACKEND: &str = "RUNM_NET_BACKEND";
 const DEFAULT_BOOT_TIMEOUT_SECS: u64 = 120;
 const DEFAULT_MAX_MEMORY_MIB: u32 = 3072;
 
@@ -38,6 +41,46 @@ pub enum ConfigError {
         path: PathBuf,
         source: toml::de::Error,
     },
+    #[error("{ENV_NET_BACKEND}={0:?}: expected vhost, userspace or auto")]
+    NetBackendEnv(String),
+}
+
+/// What moves a container's network frames between its VM and the host.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetBackendChoice {
+    /// The kernel's vhost-net where `/dev/vhost-net` can be opened, else the VMM.
+    #[default]
+    Auto,
+    Vhost,
+    Userspace,
+}
+
+impl NetBackendChoice {
+    fn parse(s: &str) -> Option<Self> {
+        serde_json::from_value(serde_json::Value::String(s.into())).ok()
+    }
+
+    /// The backend to use on this host.
+    pub fn resolve(self) -> vmm::NetBackend {
+        match self {
+            Self::Vhost => vmm::NetBackend::Vhost,
+            Self::Userspace => vmm::NetBackend::Userspace,
+            Self::Auto => {
+                let opens = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open("/dev/vhost-net")
+                    .is_ok();
+                if opens {
+                    vmm::NetBackend::Vhost
+                } else {
+                    log::debug!("/dev/vhost-net cannot be opened: the VMM moves network frames");
+                    vmm::NetBackend::Userspace
+                }
+            }
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -49,12 +92,19 @@ pub struct Config {
     pub virtiofsd: Option<PathBuf>,
     pub virtiofs_cache: Option<crate::virtiofs::CacheMode>,
     pub max_memory_mib: Option<u32>,
+    pub net_backend: Option<NetBackendChoice>,
 }
 
 impl Config {
     pub fn load() -> Result<Self, ConfigError> {
         let mut config = Self::from_file(&Self::path())?;
         config.apply_env();
+        if let Some(v) = std::env::var_os(ENV_NET_BACKEND) {
+            let v = v.to_string_lossy();
+            let choice =
+                NetBackendChoice::parse(&v).ok_or_else(|| ConfigError::NetBackendEnv(v.into()))?;
+            config.net_backend = Some(choice);
+        }
         Ok(config)
     }
 
@@ -99,6 +149,10 @@ impl Config {
     /// What a container's VM may get on this host.
     pub fn host_limits(&self) -> crate::spec::HostLimits {
         crate::spec::HostLimits::of_host(self.max_memory_mib.unwrap_or(DEFAULT_MAX_MEMORY_MIB))
+    }
+
+    pub fn net_backend(&self) -> vmm::NetBackend {
+        self.net_backend.unwrap_or_default().resolve()
     }
 
     pub fn boot_timeout(&self) -> Duration {

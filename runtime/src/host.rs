@@ -20,7 +20,7 @@ use crate::console::{self, RawGuard};
 use crate::guest_assets::{self, Asset};
 use crate::hooks::{self, HookPoint};
 use crate::mounts::{Plan, RootSource};
-use crate::network::{self, HostNetns};
+use crate::network::{self, HostNetns, Network};
 use crate::relay::{HostStdio, Relay};
 use crate::sandbox::Sandbox;
 use crate::spec::Bundle;
@@ -143,7 +143,7 @@ pub fn run_sandbox(root: &Root, id: &str, console_socket: Option<&Path>) -> i32 
     if let Err(e) = watched {
         log::warn!("cannot watch runm create: {e}");
     }
-    let (sandbox, relay, _raw, mut fs) = match start_container(root, id, console_socket) {
+    let (sandbox, relay, _raw, mut fs, network) = match start_container(root, id, console_socket) {
         Ok(s) => s,
         Err(e) => {
             reporter.fail(&crate::error_message(&e));
@@ -154,11 +154,14 @@ pub fn run_sandbox(root: &Root, id: &str, console_socket: Option<&Path>) -> i32 
         log::error!("cannot report to runm create (it is gone?): {e}; giving up");
         let _ = sandbox.stop(SHUTDOWN_GRACE);
         drop(fs);
+        network.release();
         abandon(root, id);
         return 1;
     }
     let uds = vsock_path(&sockets);
     let key = ProcessKey::init(id);
+    // Docker 28 configures the network after create and start.
+    network.watch();
     if let Err(e) = crate::signals::forward_to_guest(uds.clone(), key.clone()) {
         log::warn!("cannot forward signals: {e}");
     }
@@ -169,7 +172,9 @@ pub fn run_sandbox(root: &Root, id: &str, console_socket: Option<&Path>) -> i32 
     if let Some(exited) = fs.as_mut().and_then(FsServer::exited) {
         watch.fs_server(exited);
     }
-    watch.until_the_end(root, id)
+    let status = watch.until_the_end(root, id);
+    network.release();
+    status
 }
 
 /// Records this process as the container's host process.
@@ -194,7 +199,7 @@ fn abandon(root: &Root, id: &str) {
     }
 }
 
-type Started = (Sandbox, Relay, Option<RawGuard>, Option<FsServer>);
+type Started = (Sandbox, Relay, Option<RawGuard>, Option<FsServer>, Network);
 
 /// The guest console's last lines, for an error message (the state directory, and the
 /// log with it, is removed when create fails).
@@ -218,13 +223,55 @@ fn start_container(
     let netns = network::requested(&bundle.spec).flatten();
     let host_netns = network::enter(netns.as_deref())?;
     let config = Config::load()?;
+    let mut network = Network::plan(config.net_backend())?;
     let (vcpus, mem_mib) = bundle.vm_size(config.host_limits())?;
     let plan = crate::mounts::plan(&bundle, Path::new(SHARED_DIR))?;
     let t = std::time::Instant::now();
     let fs = start_fs_server((&dir, &sockets), &bundle, &plan, &config)?;
     phase("fs_server", t);
     let console_log = dir.join(CONSOLE_LOG);
-    let serial = std::fs::File::create(&console_log)
+    let vm = vm_config(
+        &config,
+        (vcpus, mem_mib),
+        &plan,
+        fs.as_ref(),
+        &network,
+        &console_log,
+        &sockets,
+    )?;
+    let t = std::time::Instant::now();
+    let sandbox = boot(vm, &config, fs.as_ref(), &console_log)?;
+    phase("boot_to_agent", t);
+    let t = std::time::Instant::now();
+    let result = network
+        .connect(sandbox.net_attacher(), &vsock_path(&sockets))
+        .map_err(anyhow::Error::from)
+        .and_then(|()| create_in_guest(root, id, (&bundle, &plan), console_socket, &host_netns))
+        // Docker up to 27 configures the network from a hook.
+        .and_then(|started| Ok(network.sync().map(|()| started)?));
+    phase("create_in_guest", t);
+    match result {
+        Ok((relay, raw)) => Ok((sandbox, relay, raw, fs, network)),
+        Err(e) => {
+            let _ = sandbox.stop(SHUTDOWN_GRACE);
+            network.release();
+            Err(e)
+        }
+    }
+}
+
+/// The VM a container gets: its size, the rootfs disk or file server, the vsock to its
+/// agent, and a network device for each of its interfaces.
+fn vm_config(
+    config: &Config,
+    (vcpus, mem_mib): (u8, u32),
+    plan: &Plan,
+    fs: Option<&FsServer>,
+    network: &Network,
+    console_log: &Path,
+    sockets: &Path,
+) -> anyhow::Result<VmConfig> {
+    let serial = std::fs::File::create(console_log)
         .with_context(|| format!("cannot create {}", console_log.display()))?;
     let disks = match &plan.root {
         RootSource::Block { path, readonly, .. } => vec![BlockConfig {
@@ -233,7 +280,7 @@ fn start_container(
         }],
         RootSource::Shared { .. } => Vec::new(),
     };
-    let vm = VmConfig {
+    Ok(VmConfig {
         kernel: guest_assets::locate(Asset::Kernel, config.kernel.clone())?,
         initrd: Some(guest_assets::locate(
             Asset::Initramfs,
@@ -246,7 +293,7 @@ fn start_container(
         disks,
         vsock: Some(VsockConfig {
             guest_cid: GUEST_CID,
-            uds_path: vsock_path(&sockets),
+            uds_path: vsock_path(sockets),
         }),
         fs: fs
             .iter()
@@ -255,31 +302,29 @@ fn start_container(
                 socket: server.socket().to_path_buf(),
             })
             .collect(),
-    };
-    let t = std::time::Instant::now();
-    let sandbox = Sandbox::start(vm, config.boot_timeout()).with_context(|| {
+        net: network.vm_devices(),
+    })
+}
+
+/// Boots the VM and waits for its agent; a failure says what the guest and virtiofsd
+/// said last.
+fn boot(
+    vm: VmConfig,
+    config: &Config,
+    fs: Option<&FsServer>,
+    console_log: &Path,
+) -> anyhow::Result<Sandbox> {
+    Sandbox::start(vm, config.boot_timeout()).with_context(|| {
         let fs_log = fs
-            .as_ref()
             .map(|s| s.log_tail())
             .filter(|t| !t.is_empty())
             .map(|t| format!(" (virtiofsd: {t})"))
             .unwrap_or_default();
         format!(
             "the microVM did not boot{}{fs_log}",
-            console_tail(&console_log)
+            console_tail(console_log)
         )
-    })?;
-    phase("boot_to_agent", t);
-    let t = std::time::Instant::now();
-    let result = create_in_guest(root, id, (&bundle, &plan), console_socket, &host_netns);
-    phase("create_in_guest", t);
-    match result {
-        Ok((relay, raw)) => Ok((sandbox, relay, raw, fs)),
-        Err(e) => {
-            let _ = sandbox.stop(SHUTDOWN_GRACE);
-            Err(e)
-        }
-    }
+    })
 }
 
 /// Starts virtiofsd when anything of the host's is shared into the guest.

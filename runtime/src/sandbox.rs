@@ -68,6 +68,11 @@ impl Sandbox {
         self.vm.stopper()
     }
 
+    /// A handle that gives the VM's network devices their taps from another thread.
+    pub fn net_attacher(&self) -> vmm::devices::virtio::net::NetAttacher {
+        self.vm.net_attacher()
+    }
+
     /// Waits for the VM to stop, however long that takes.
     pub fn wait(mut self) -> ExitReason {
         self.vm.wait(None).unwrap_or(ExitReason::Killed)

@@ -62,6 +62,7 @@ pub fn run(args: BootArgs) -> anyhow::Result<i32> {
             uds_path: uds_path.clone(),
         }),
         fs,
+        net: Vec::new(),
     };
     log::debug!("booting {config:?}");
     let timeout = Duration::from_secs(args.timeout);

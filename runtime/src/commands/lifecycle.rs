@@ -89,12 +89,18 @@ pub fn delete_container(global: &GlobalOpts, id: &str, force: bool) -> anyhow::R
         Status::Running | Status::Paused if force => {}
         status => bail!("cannot delete container {id} that is not stopped: {status}"),
     }
+    let bundle = Bundle::load(&state.bundle).ok();
     if state.host_alive() {
         stop_host(&locked, state.pid)?;
     }
-    let hooks = Bundle::load(&state.bundle)
-        .ok()
-        .and_then(|b| b.spec.hooks().clone());
+    // A namespace the client made outlives the host process; undo what it left there.
+    if let Some(path) = bundle
+        .as_ref()
+        .and_then(|b| crate::network::requested(&b.spec).flatten())
+    {
+        crate::network::clean_up_after(&path);
+    }
+    let hooks = bundle.and_then(|b| b.spec.hooks().clone());
     let mut stopped = state.clone();
     stopped.status = Status::Stopped;
     // The spec: a failing poststop hook is logged, the delete goes on.

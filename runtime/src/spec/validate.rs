@@ -47,6 +47,15 @@ pub fn namespaces(spec: &Spec) -> Result<(), Problem> {
     let Some(linux) = spec.linux() else {
         return Ok(());
     };
+    if linux.net_devices().as_ref().is_some_and(|d| !d.is_empty()) {
+        return Err((
+            "linux.netDevices".into(),
+            "moves host network devices into the container, which runm does not do: give \
+             the container's network namespace the interface instead (runm mirrors every \
+             interface there into the VM)"
+                .into(),
+        ));
+    }
     let list = linux.namespaces().clone().unwrap_or_default();
     let mut seen: HashMap<LinuxNamespaceType, usize> = HashMap::new();
     for (i, ns) in list.iter().enumerate() {
@@ -324,6 +333,8 @@ mod tests {
             serde_json::json!({"linux": {"sysctl": {"kernel.shmmax": "1000", "fs.mqueue.msg_max": "10"}}}),
         );
         assert!(namespaces(&s).is_ok());
+        let s = spec(serde_json::json!({"linux": {"netDevices": {"eth1": {"name": "eth1"}}}}));
+        assert_eq!(namespaces(&s).unwrap_err().0, "linux.netDevices");
     }
 
     #[test]

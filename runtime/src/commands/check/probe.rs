@@ -157,7 +157,7 @@ fn config_error(e: &ConfigError) -> String {
             let at = line.map(|l| format!(" line {l}")).unwrap_or_default();
             format!("{}{at}: {}", path.display(), source.message().trim())
         }
-        ConfigError::Read { .. } => e.to_string(),
+        ConfigError::Read { .. } | ConfigError::NetBackendEnv(_) => e.to_string(),
     }
 }
 
