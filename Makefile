@@ -28,13 +28,15 @@ STATIC_ENV := LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-li
 # static libseccomp (libseccomp-dev), virtiofsd's build (libcap-ng-dev) and a Debian
 # rootfs for the tests (debootstrap), the clients the tests drive runm with (podman,
 # containerd, Docker), and kill(1) and ip(8), which the tests use (procps, iproute2:
-# not essential).
+# not essential), the networks the tests give containers (the CNI plugins, iptables for
+# dockerd's bridge) and the network benchmark's iperf3.
 APT_PACKAGES := linux-source-6.12 bc flex bison libelf-dev libssl-dev xz-utils \
 	qemu-system-x86 linux-image-amd64 busybox-static cpio kmod e2fsprogs runc crun \
-	libseccomp-dev libcap-ng-dev debootstrap podman containerd docker.io procps iproute2
+	libseccomp-dev libcap-ng-dev debootstrap podman containerd docker.io procps iproute2 \
+	containernetworking-plugins iptables iperf3
 
 .PHONY: all deps runm virtiofsd agent kernel initramfs guest test-guest demo test \
-	unit-test integration-test lint bench install clean
+	unit-test integration-test lint bench install clean testhost-qemu
 
 all: runm guest
 
@@ -92,8 +94,15 @@ initramfs: agent deps
 
 guest: kernel initramfs
 
+# The test host's QEMU: 10.0 from bookworm-backports, unpacked into the cache (Debian 12's
+# 7.2 wedges the test host's kernel in long runs). Without it the test host falls back to
+# the system's QEMU, with a warning here.
+testhost-qemu: deps
+	@tests/testhost/fetch-qemu.sh >/dev/null || \
+	  echo "make: warning: no QEMU 10.0 for the test host; using the system's (more test host lockups)" >&2
+
 # Runs a busybox container in a microVM with `runm run`, as a runc user would.
-demo: all
+demo: all testhost-qemu
 	scripts/demo-bundle.sh $(TARGET)/demo-bundle $(RUNM)
 	$(TESTHOST) $(RUNM) --root $(TARGET)/demo-state run --bundle $(TARGET)/demo-bundle demo-$$$$
 
@@ -108,13 +117,13 @@ unit-test:
 # cannot boot Linux (tests/testhost/run decides, and says which).
 # A test host silent for 4 minutes has hung (no single test takes a minute): it is
 # restarted once and the test binary run again, loudly (see tests/testhost/run).
-integration-test: all test-guest $(DEBIAN_ROOTFS)/etc/debian_version
+integration-test: all test-guest testhost-qemu $(DEBIAN_ROOTFS)/etc/debian_version
 	CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER=$(TESTHOST) RUNM_TESTHOST_STALL=240 \
 	  $(CARGO) test --release --no-fail-fast -p runm-tests -- --test-threads=1
 
 test: deps lint unit-test integration-test
 
-bench: all test-guest $(DEBIAN_ROOTFS)/etc/debian_version
+bench: all test-guest testhost-qemu $(DEBIAN_ROOTFS)/etc/debian_version
 	CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER=$(TESTHOST) \
 	  $(CARGO) bench -p runm-tests
 

@@ -155,12 +155,17 @@ impl Podman {
         require_tool("podman", "podman");
         let dir = parent.join("podman");
         std::fs::create_dir_all(&dir).expect("create the podman dir");
-        // No systemd in the test host: cgroupfs and a file for events.
-        std::fs::write(
-            dir.join("containers.conf"),
-            "[engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n",
-        )
-        .expect("write containers.conf");
+        // No systemd in the test host: cgroupfs and a file for events. Debian 12's
+        // netavark fails there ("invalid version number"): CNI, which Debian ships as
+        // containernetworking-plugins, makes podman's default network.
+        let conf = format!(
+            "[engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n\
+             [network]\nnetwork_backend = \"cni\"\ncni_plugin_dirs = [\"/usr/lib/cni\"]\n\
+             network_config_dir = \"{}\"\n",
+            dir.join("cni").display()
+        );
+        std::fs::create_dir_all(dir.join("cni")).expect("create the CNI config dir");
+        std::fs::write(dir.join("containers.conf"), conf).expect("write containers.conf");
         let podman = Self { dir };
         let tar = busybox_rootfs_tar(parent);
         podman.ok(&["import", "--quiet", tar.to_str().unwrap(), IMAGE]);
@@ -329,9 +334,9 @@ impl Drop for Containerd {
     }
 }
 
-/// A dockerd of the test's own (data root, exec root, socket under the test's directory;
-/// no bridge or iptables: runm has no networking yet), with runm added as runtime `runm`;
-/// stopped on drop.
+/// A dockerd of the test's own (data root, exec root, socket under the test's
+/// directory; its default bridge `docker0` with iptables, as a user's), with runm added
+/// as runtime `runm`; stopped on drop.
 #[derive(Debug)]
 pub struct Dockerd {
     dir: PathBuf,
@@ -344,6 +349,11 @@ const DOCKER: &str = "/usr/bin/docker";
 impl Dockerd {
     /// Starts dockerd under `parent` and loads the busybox image.
     pub fn start(parent: &TempDir) -> Self {
+        Self::start_with_runtimes(parent, &[])
+    }
+
+    /// `start`, with more runtimes (name, path) beside `runm`.
+    pub fn start_with_runtimes(parent: &TempDir, runtimes: &[(&str, &Path)]) -> Self {
         require_tool("dockerd", "docker.io");
         let dir = parent.join("docker");
         std::fs::create_dir_all(&dir).expect("create the docker dir");
@@ -358,7 +368,12 @@ impl Dockerd {
             .arg(format!("unix://{}", dir.join("docker.sock").display()))
             .arg("--add-runtime")
             .arg(format!("runm={}", runm_bin().display()))
-            .args(["--bridge", "none", "--iptables=false", "--ip6tables=false"])
+            .args(runtimes.iter().flat_map(|(name, path)| {
+                [
+                    "--add-runtime".to_string(),
+                    format!("{name}={}", path.display()),
+                ]
+            }))
             .args(["--storage-driver", "overlay2"]);
         let log = dir.join("dockerd.log");
         let daemon = spawn_daemon(cmd, &log);

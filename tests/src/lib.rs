@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 pub mod bundle;
 pub mod clients;
+pub mod net;
 
 /// The agent's banner, as far as it does not depend on the kernel.
 pub const BANNER_PREFIX: &str = "runm-agent ready (kernel ";

@@ -1,13 +1,15 @@
 //! Docker drives runm unchanged (`dockerd --add-runtime runm=...`,
 //! `docker run --runtime runm`): output and exit codes, -e, -v, a terminal, exec and
 //! stop, a missing command's 127, and Docker's default capabilities and seccomp profile
-//! applied in the guest exactly as runc applies them on the host. Every container runs in
-//! a real microVM (its kernel is not the host's).
+//! applied in the guest exactly as runc applies them on the host; Docker's bridge
+//! networks (the default one, `-p`, and names resolved on a user-defined one). Every
+//! container runs in a real microVM (its kernel is not the host's).
 
 use std::process::Output;
 use std::time::Duration;
 
 use runm_tests::clients::{host_kernel_release, run_with_a_terminal, Client, Dockerd, IMAGE};
+use runm_tests::net::{http_get, HttpServer};
 use runm_tests::*;
 
 /// One docker command: a microVM boot in the emulated test host, and Docker's own work.
@@ -145,5 +147,61 @@ fn docker_terminals_exec_and_stop_work() {
         "5",
         "the container's own trap answers docker stop"
     );
+    assert_clean(&docker);
+}
+
+#[test]
+fn docker_bridge_networks_reach_the_host_publish_ports_and_resolve_names() {
+    require_kvm();
+    let _vm = vm_lock();
+    let tmp = TempDir::new("docker-net");
+    let docker = Dockerd::start(&tmp);
+    let site = tmp.join("site");
+    std::fs::create_dir_all(&site).unwrap();
+    std::fs::write(site.join("hello"), "hello from the host\n").unwrap();
+    // docker0's address, where a container on the default bridge finds its host.
+    let _server = HttpServer::start(&site, "172.17.0.1:8124");
+
+    // The default bridge: eth0 as runc would show it, and the host reached through it.
+    let script = "ip -o addr show dev eth0; ip route; \
+                  timeout 20 wget -q -O - http://172.17.0.1:8124/hello";
+    let out = run(&docker, "runm", &[], &["sh", "-c", script]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let said = text(&out.stdout);
+    assert!(said.contains("inet 172.17."), "{said}");
+    assert!(said.contains("default via 172.17.0.1"), "{said}");
+    assert!(said.contains("hello from the host"), "{said}");
+
+    // -p: a server in the guest, published on the host.
+    let serve = "mkdir -p /www && echo hello from the guest > /www/index.html && \
+                 exec httpd -f -p 80 -h /www";
+    let detached = ["run", "--detach", "--runtime", "runm"];
+    docker.ok(&[
+        &detached[..],
+        &["--name", "web", "-p", "8080:80", IMAGE, "sh", "-c", serve],
+    ]
+    .concat());
+    let got = http_get("http://127.0.0.1:8080/index.html", 30);
+    assert_eq!(got.as_deref(), Some("hello from the guest\n"));
+
+    // A user-defined network: containers reach each other by name, through Docker's
+    // embedded DNS (127.0.0.11 in the container's namespace, bridged from the guest).
+    docker.ok(&["network", "create", "runm-net"]);
+    let named = ["--name", "srv", "--network", "runm-net"];
+    docker.ok(&[&detached[..], &named[..], &[IMAGE, "sh", "-c", serve]].concat());
+    let fetch = "for i in 1 2 3 4 5 6 7 8 9 10; do \
+                 timeout 10 wget -q -O - http://srv/index.html && exit 0; sleep 1; done; \
+                 cat /etc/resolv.conf; nslookup srv; exit 1";
+    let out = run(
+        &docker,
+        "runm",
+        &["--network", "runm-net"],
+        &["sh", "-c", fetch],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(text(&out.stdout), "hello from the guest\n");
+
+    docker.ok(&["rm", "--force", "web", "srv"]);
+    docker.ok(&["network", "rm", "runm-net"]);
     assert_clean(&docker);
 }

@@ -30,6 +30,7 @@ fn config(cmdline: &str, disks: Vec<BlockConfig>) -> VmConfig {
         disks,
         vsock: None,
         fs: Vec::new(),
+        net: Vec::new(),
     }
 }
 

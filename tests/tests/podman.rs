@@ -1,11 +1,13 @@
 //! podman drives runm unchanged (`podman --runtime runm`): run with its usual options,
-//! a terminal, volumes and limits, detached containers with exec, logs, stop and kill.
+//! a terminal, volumes and limits, detached containers with exec, logs, stop and kill;
+//! its default network and `-p`.
 //! Every container runs in a real microVM (its kernel is not the host's).
 
 use std::process::Output;
 use std::time::Duration;
 
 use runm_tests::clients::{host_kernel_release, run_with_a_terminal, Client, Podman, IMAGE};
+use runm_tests::net::{http_get, HttpServer};
 use runm_tests::*;
 
 /// One podman command: a microVM boot in the emulated test host, and podman's own work.
@@ -15,7 +17,7 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// `podman run --rm --network none [OPTS] IMAGE CMD...` (runm has no networking yet).
+/// `podman run --rm --network none [OPTS] IMAGE CMD...` (networks have a test of their own).
 fn run(podman: &Podman, opts: &[&str], cmd: &[&str]) -> Output {
     let mut args = vec!["run", "--rm", "--network", "none"];
     args.extend_from_slice(opts);
@@ -204,5 +206,48 @@ fn detached_containers_take_exec_logs_ps_stop_and_kill() {
     assert_eq!(code.trim(), "137");
     let ps = podman.ok(&["ps", "--all", "--format", "{{.Names}} {{.Status}}"]);
     assert!(ps.lines().any(|l| l.starts_with("c2 Exited (137)")), "{ps}");
+    assert_clean(&podman);
+}
+
+#[test]
+fn the_default_network_reaches_the_host_and_publishes_ports() {
+    require_kvm();
+    let _vm = vm_lock();
+    let tmp = TempDir::new("podman-net");
+    let podman = Podman::new(&tmp);
+
+    // podman's default network (CNI bridge cni-podman0, 10.88.0.0/16).
+    let out = podman.run(
+        &[
+            "run",
+            "--rm",
+            IMAGE,
+            "sh",
+            "-c",
+            "ip -o addr show dev eth0; ip route",
+        ],
+        T,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let said = text(&out.stdout);
+    assert!(said.contains("inet 10.88."), "{said}");
+    assert!(said.contains("default via 10.88.0.1"), "{said}");
+
+    let site = tmp.join("site");
+    std::fs::create_dir_all(&site).unwrap();
+    std::fs::write(site.join("hello"), "hello from the host\n").unwrap();
+    let _server = HttpServer::start(&site, "10.88.0.1:8125");
+    let get = "timeout 20 wget -q -O - http://10.88.0.1:8125/hello";
+    let out = podman.run(&["run", "--rm", IMAGE, "sh", "-c", get], T);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(text(&out.stdout), "hello from the host\n");
+
+    let serve = "mkdir -p /www && echo hello from the guest > /www/index.html && \
+                 exec httpd -f -p 80 -h /www";
+    podman.ok(&[
+        "run", "-d", "--name", "web", "-p", "8081:80", IMAGE, "sh", "-c", serve,
+    ]);
+    let got = http_get("http://10.88.0.1:8081/index.html", 30);
+    assert_eq!(got.as_deref(), Some("hello from the guest\n"));
     assert_clean(&podman);
 }
