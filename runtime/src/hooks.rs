@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use oci_spec::runtime::{Hook, Hooks};
 
+use crate::namespaces::HostNamespaces;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HookPoint {
     /// `prestart` (deprecated) and `createRuntime`, after the container is created.
@@ -77,24 +79,60 @@ fn stderr_suffix(stderr: &str) -> String {
     }
 }
 
-/// Runs the hooks for `point` in order; the first failure stops the rest.
+/// Runs the hooks for `point` in order; the first failure stops the rest (and, for the
+/// caller, the operation: creation and start fail with it). From the container's host
+/// process, `host` puts each hook back into the host's namespaces.
 pub fn run(
     hooks: Option<&Hooks>,
     point: HookPoint,
     state: &serde_json::Value,
+    host: Option<&HostNamespaces>,
 ) -> Result<(), HookError> {
     let Some(hooks) = hooks else {
         return Ok(());
     };
     for hook in point.hooks(hooks) {
-        run_one(&hook, point.name(), state)?;
+        run_one(&hook, point.name(), state, host)?;
     }
     Ok(())
 }
 
-fn run_one(hook: &Hook, point: &'static str, state: &serde_json::Value) -> Result<(), HookError> {
+/// Runs every hook for `point` (`poststart`, `poststop`) in order. The spec: a failure is
+/// a warning, the remaining hooks still run and the lifecycle goes on as if it had
+/// succeeded. Returns the failures, each already logged.
+pub fn run_all(
+    hooks: Option<&Hooks>,
+    point: HookPoint,
+    state: &serde_json::Value,
+) -> Vec<HookError> {
+    let Some(hooks) = hooks else {
+        return Vec::new();
+    };
+    let mut failed = Vec::new();
+    for hook in point.hooks(hooks) {
+        if let Err(e) = run_one(&hook, point.name(), state, None) {
+            log::warn!("{e}");
+            failed.push(e);
+        }
+    }
+    failed
+}
+
+fn run_one(
+    hook: &Hook,
+    point: &'static str,
+    state: &serde_json::Value,
+    host: Option<&HostNamespaces>,
+) -> Result<(), HookError> {
     let path = hook.path().display().to_string();
     let mut cmd = Command::new(hook.path());
+    if let Some(host) = host {
+        host.apply_to(&mut cmd).map_err(|source| HookError::Spawn {
+            point,
+            path: path.clone(),
+            source,
+        })?;
+    }
     // args[0] is the program's argv[0], as in execve.
     if let Some(args) = hook.args() {
         if let Some((first, rest)) = args.split_first() {
@@ -179,10 +217,35 @@ mod tests {
             "args": ["sh", "-c", format!("cat > {}", out.display())]
         }]}));
         let state = serde_json::json!({"id": "c1", "status": "running"});
-        run(Some(&h), HookPoint::Poststart, &state).unwrap();
+        run(Some(&h), HookPoint::Poststart, &state, None).unwrap();
         let got: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
         assert_eq!(got, state);
+        std::fs::remove_file(out).unwrap();
+    }
+
+    #[test]
+    fn a_failing_poststart_or_poststop_hook_does_not_stop_the_next() {
+        let out = std::env::temp_dir().join(format!("runm-hooks-{}", std::process::id()));
+        for point in ["poststart", "poststop"] {
+            let _ = std::fs::remove_file(&out);
+            let h = hooks(serde_json::json!({point: [
+                {"path": "/bin/sh", "args": ["sh", "-c", "exit 7"]},
+                {"path": "/nonexistent/hook"},
+                {"path": "/bin/sh", "args": ["sh", "-c", format!("echo ran > {}", out.display())]}
+            ]}));
+            let p = if point == "poststart" {
+                HookPoint::Poststart
+            } else {
+                HookPoint::Poststop
+            };
+            let failed = run_all(Some(&h), p, &serde_json::json!({}));
+            assert_eq!(failed.len(), 2, "{point}: {failed:?}");
+            assert!(matches!(failed[0], HookError::Failed { .. }), "{failed:?}");
+            assert!(matches!(failed[1], HookError::Spawn { .. }), "{failed:?}");
+            let ran = std::fs::read_to_string(&out).expect("the last hook ran");
+            assert_eq!(ran, "ran\n", "{point}");
+        }
         std::fs::remove_file(out).unwrap();
     }
 
@@ -191,7 +254,13 @@ mod tests {
         let h = hooks(serde_json::json!({"createRuntime": [{
             "path": "/bin/sh", "args": ["sh", "-c", "echo nope >&2; exit 3"]
         }]}));
-        let e = run(Some(&h), HookPoint::CreateRuntime, &serde_json::json!({})).unwrap_err();
+        let e = run(
+            Some(&h),
+            HookPoint::CreateRuntime,
+            &serde_json::json!({}),
+            None,
+        )
+        .unwrap_err();
         let msg = e.to_string();
         assert!(
             msg.contains("createRuntime hook /bin/sh failed") && msg.contains("nope"),
@@ -200,7 +269,7 @@ mod tests {
         let h = hooks(serde_json::json!({"poststop": [{
             "path": "/bin/sleep", "args": ["sleep", "10"], "timeout": 1
         }]}));
-        let e = run(Some(&h), HookPoint::Poststop, &serde_json::json!({})).unwrap_err();
-        assert!(matches!(e, HookError::Timeout { .. }), "{e}");
+        let e = run_all(Some(&h), HookPoint::Poststop, &serde_json::json!({}));
+        assert!(matches!(e[..], [HookError::Timeout { .. }]), "{e:?}");
     }
 }

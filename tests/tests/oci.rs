@@ -95,10 +95,13 @@ fn create_start_state_kill_delete_walk_the_oci_states() {
         let path = tmp.join(&format!("hook-{name}.json"));
         serde_json::json!({"path": "/bin/sh", "args": ["sh", "-c", format!("cat > {}", path.display())]})
     };
+    // A failing poststart or poststop hook is a warning: the next one still runs, and
+    // start and delete succeed (the spec's words).
+    let failing = |name: &str| serde_json::json!({"path": "/bin/sh", "args": ["sh", "-c", format!("echo {name}-failed >&2; exit 3")]});
     let hooks = serde_json::json!({
         "createRuntime": [hook("createRuntime")],
-        "poststart": [hook("poststart")],
-        "poststop": [hook("poststop")],
+        "poststart": [failing("poststart"), hook("poststart")],
+        "poststop": [failing("poststop"), hook("poststop")],
     });
     b.edit(|c| c["hooks"] = hooks);
     let hook_state = |name: &str| -> serde_json::Value {
@@ -136,6 +139,12 @@ fn create_start_state_kill_delete_walk_the_oci_states() {
     assert!(out.status.success(), "start: {}", describe(&out));
     assert_eq!(runm.state(id).unwrap()["status"], "running");
     assert_eq!(hook_state("poststart")["status"], "running");
+    assert!(
+        stderr(&out).contains("poststart hook /bin/sh failed")
+            && stderr(&out).contains("poststart-failed"),
+        "no warning for the failed poststart hook: {}",
+        describe(&out)
+    );
     let again = runm.run(&["start", id], T);
     assert!(
         stderr(&again).contains("already running"),
@@ -204,10 +213,15 @@ fn create_start_state_kill_delete_walk_the_oci_states() {
     );
     let out = runm.run(&["kill", id, "KILL"], T);
     assert!(stderr(&out).contains("not running"), "{}", describe(&out));
-    let out = runm.run(&["delete", id], T);
-    assert!(out.status.success(), "delete: {}", describe(&out));
+    let del = runm.run(&["delete", id], T);
+    assert!(del.status.success(), "delete: {}", describe(&del));
     assert!(runm.state(id).is_none());
     assert_eq!(hook_state("poststop")["status"], "stopped");
+    assert!(
+        stderr(&del).contains("poststop hook /bin/sh failed"),
+        "no warning for the failed poststop hook: {}",
+        describe(&del)
+    );
     let container_out = std::fs::read_to_string(tmp.join("create.out")).unwrap();
     assert!(container_out.contains("started"), "{container_out}");
     runm.assert_empty();

@@ -35,15 +35,19 @@ pub fn start_container(global: &GlobalOpts, id: &str) -> anyhow::Result<()> {
     let hooks = Bundle::load(&state.bundle)
         .ok()
         .and_then(|b| b.spec.hooks().clone());
-    hooks::run(hooks.as_ref(), HookPoint::StartContainer, &state.oci_json())?;
+    hooks::run(
+        hooks.as_ref(),
+        HookPoint::StartContainer,
+        &state.oci_json(),
+        None,
+    )?;
     host::agent(locked.sockets())?
         .call_ok(&Request::StartContainer { id: id.into() }, CALL_TIMEOUT)?;
     state.status = Status::Running;
     locked.save(&state)?;
-    // The spec: a failing poststart hook is logged, the container keeps running.
-    if let Err(e) = hooks::run(hooks.as_ref(), HookPoint::Poststart, &state.oci_json()) {
-        log::warn!("{e}");
-    }
+    // The spec: a failing poststart hook is a warning; the others run, the container
+    // keeps running.
+    hooks::run_all(hooks.as_ref(), HookPoint::Poststart, &state.oci_json());
     Ok(())
 }
 
@@ -103,10 +107,8 @@ pub fn delete_container(global: &GlobalOpts, id: &str, force: bool) -> anyhow::R
     let hooks = bundle.and_then(|b| b.spec.hooks().clone());
     let mut stopped = state.clone();
     stopped.status = Status::Stopped;
-    // The spec: a failing poststop hook is logged, the delete goes on.
-    if let Err(e) = hooks::run(hooks.as_ref(), HookPoint::Poststop, &stopped.oci_json()) {
-        log::warn!("{e}");
-    }
+    // The spec: a failing poststop hook is a warning; the others run, the delete goes on.
+    hooks::run_all(hooks.as_ref(), HookPoint::Poststop, &stopped.oci_json());
     locked.remove()?;
     Ok(())
 }
