@@ -20,7 +20,8 @@ use crate::console::{self, RawGuard};
 use crate::guest_assets::{self, Asset};
 use crate::hooks::{self, HookPoint};
 use crate::mounts::{Plan, RootSource};
-use crate::network::{self, HostNetns, Network};
+use crate::namespaces::{self, HostNamespaces};
+use crate::network::{self, Network};
 use crate::relay::{HostStdio, Relay};
 use crate::sandbox::Sandbox;
 use crate::spec::Bundle;
@@ -133,6 +134,14 @@ pub fn run_sandbox(root: &Root, id: &str, console_socket: Option<&Path>) -> i32 
             return 1;
         }
     };
+    // Before any thread starts (a new mount namespace needs it).
+    let host_ns = match own_namespaces(root, id) {
+        Ok(ns) => ns,
+        Err(e) => {
+            reporter.fail(&crate::error_message(&e));
+            return 1;
+        }
+    };
     let (root_copy, id_copy) = (root.clone(), id.to_string());
     let watched = reporter.on_hang_up(move || {
         log::error!("runm create went away before the container was created; giving up");
@@ -143,7 +152,8 @@ pub fn run_sandbox(root: &Root, id: &str, console_socket: Option<&Path>) -> i32 
     if let Err(e) = watched {
         log::warn!("cannot watch runm create: {e}");
     }
-    let (sandbox, relay, _raw, mut fs, network) = match start_container(root, id, console_socket) {
+    let started = start_container(root, id, console_socket, &host_ns);
+    let (sandbox, relay, _raw, mut fs, network) = match started {
         Ok(s) => s,
         Err(e) => {
             reporter.fail(&crate::error_message(&e));
@@ -175,6 +185,13 @@ pub fn run_sandbox(root: &Root, id: &str, console_socket: Option<&Path>) -> i32 
     let status = watch.until_the_end(root, id);
     network.release();
     status
+}
+
+/// Takes the new namespaces the container's config asks for (see `namespaces`).
+fn own_namespaces(root: &Root, id: &str) -> anyhow::Result<HostNamespaces> {
+    let bundle_dir = root.lock(id)?.load_raw()?.bundle;
+    let bundle = Bundle::load(&bundle_dir)?;
+    Ok(namespaces::isolate(&bundle.spec)?)
 }
 
 /// Records this process as the container's host process.
@@ -215,13 +232,14 @@ fn start_container(
     root: &Root,
     id: &str,
     console_socket: Option<&Path>,
+    host_ns: &HostNamespaces,
 ) -> anyhow::Result<Started> {
     let (dir, sockets) = (root.dir(id), root.sockets_dir(id));
     let bundle_dir = root.lock(id)?.load_raw()?.bundle;
     let bundle = Bundle::load(&bundle_dir)?;
     // On this (the main) thread, so state's pid is in the container's network namespace.
     let netns = network::requested(&bundle.spec).flatten();
-    let host_netns = network::enter(netns.as_deref())?;
+    network::enter(netns.as_deref())?;
     let config = Config::load()?;
     let mut network = Network::plan(config.net_backend())?;
     let (vcpus, mem_mib) = bundle.vm_size(config.host_limits())?;
@@ -246,7 +264,7 @@ fn start_container(
     let result = network
         .connect(sandbox.net_attacher(), &vsock_path(&sockets))
         .map_err(anyhow::Error::from)
-        .and_then(|()| create_in_guest(root, id, (&bundle, &plan), console_socket, &host_netns))
+        .and_then(|()| create_in_guest(root, id, (&bundle, &plan), console_socket, host_ns))
         // Docker up to 27 configures the network from a hook.
         .and_then(|started| Ok(network.sync().map(|()| started)?));
     phase("create_in_guest", t);
@@ -361,7 +379,7 @@ fn create_in_guest(
     id: &str,
     (bundle, plan): (&Bundle, &Plan),
     console_socket: Option<&Path>,
-    host_netns: &HostNetns,
+    host_ns: &HostNamespaces,
 ) -> anyhow::Result<(Relay, Option<RawGuard>)> {
     let sockets = root.sockets_dir(id);
     let (stdio, raw) = host_stdio(bundle.terminal(), console_socket)?;
@@ -392,9 +410,7 @@ fn create_in_guest(
     let oci = st.oci_json();
     // Hooks run in the runtime's namespaces, as runc runs them.
     let hooks = bundle.spec.hooks().as_ref();
-    host_netns.run(|| {
-        hooks::run(hooks, HookPoint::CreateRuntime, &oci)?;
-        hooks::run(hooks, HookPoint::CreateContainer, &oci)
-    })??;
+    hooks::run(hooks, HookPoint::CreateRuntime, &oci, Some(host_ns))?;
+    hooks::run(hooks, HookPoint::CreateContainer, &oci, Some(host_ns))?;
     Ok((relay, raw))
 }

@@ -9,6 +9,7 @@ mod guest_assets;
 mod hooks;
 mod host;
 mod mounts;
+mod namespaces;
 mod network;
 mod ready;
 mod relay;

@@ -25,7 +25,7 @@ use vmm::devices::virtio::net::{NetAttacher, NetBackend, NetConfig, NetError};
 
 use crate::agent_client::{AgentClient, AgentError};
 pub use datapath::DatapathError;
-pub use namespace::{enter, requested, HostNetns};
+pub use namespace::{enter, requested};
 
 /// Devices beyond the interfaces present at boot. An idle virtio-net device costs the
 /// guest a few KiB; one covers Docker's network and a `docker network connect`-less

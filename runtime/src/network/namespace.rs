@@ -10,9 +10,6 @@ use std::path::{Path, PathBuf};
 use nix::sched::{setns, unshare, CloneFlags};
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
-/// The host's own network namespace, as this process found it.
-const SELF_NETNS: &str = "/proc/self/ns/net";
-
 #[derive(Debug, thiserror::Error)]
 pub enum NamespaceError {
     #[error("cannot open the network namespace {}: {source}", .path.display())]
@@ -24,8 +21,6 @@ pub enum NamespaceError {
     Join { path: PathBuf, source: nix::Error },
     #[error("cannot make a network namespace for the container: {0}")]
     New(nix::Error),
-    #[error("cannot go back to the host's network namespace: {0}")]
-    Back(nix::Error),
     #[error("the thread that runs in another network namespace died")]
     Thread,
     #[error("cannot bring the new network namespace's loopback up: {0}")]
@@ -52,22 +47,17 @@ pub fn requested(spec: &Spec) -> Option<Option<PathBuf>> {
         .map(|ns| ns.path().clone())
 }
 
-/// What `enter` leaves behind: a way back to the host's namespace for what must run
-/// there (OCI hooks run in the runtime's namespaces, as with runc).
-#[derive(Debug)]
-pub struct HostNetns(File);
-
 /// Moves this thread, and every thread it starts from now on, into the container's
 /// network namespace: the one at `path`, else a new one. Call it on the main thread
 /// before any other starts, so that `/proc/PID/ns/net` (the main thread's) is that one.
-pub fn enter(path: Option<&Path>) -> Result<HostNetns, NamespaceError> {
+/// (Hooks go back to the host's: see `crate::namespaces`.)
+pub fn enter(path: Option<&Path>) -> Result<(), NamespaceError> {
     let open = |path: &Path| {
         File::open(path).map_err(|source| NamespaceError::Open {
             path: path.to_path_buf(),
             source,
         })
     };
-    let host = open(Path::new(SELF_NETNS))?;
     match path {
         Some(path) => {
             let ns = open(path)?;
@@ -83,7 +73,7 @@ pub fn enter(path: Option<&Path>) -> Result<HostNetns, NamespaceError> {
             loopback_up().map_err(NamespaceError::Loopback)?;
         }
     }
-    Ok(HostNetns(host))
+    Ok(())
 }
 
 /// Runs `f` on a thread in the network namespace at `path`.
@@ -103,21 +93,6 @@ pub fn run_in<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> Result<T, N
         .join()
         .map_err(|_| NamespaceError::Thread)?
     })
-}
-
-impl HostNetns {
-    /// Runs `f` on a thread in the host's network namespace (a process it spawns starts
-    /// there too) and returns its result.
-    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T, NamespaceError> {
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                setns(self.0.as_fd(), CloneFlags::CLONE_NEWNET).map_err(NamespaceError::Back)?;
-                Ok(f())
-            })
-            .join()
-            .map_err(|_| NamespaceError::Thread)?
-        })
-    }
 }
 
 #[cfg(test)]
