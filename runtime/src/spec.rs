@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{Process, Spec};
 
+mod nspath;
 mod size;
 mod validate;
 
@@ -102,6 +103,34 @@ impl Bundle {
             .as_ref()
             .and_then(|r| r.readonly())
             .unwrap_or(false)
+    }
+
+    /// Warnings for the namespaces the config shares with another runm container by
+    /// path: that container runs in another VM, so this one gets a namespace of its own.
+    pub fn namespace_warnings(&self) -> Vec<String> {
+        let listed = self
+            .spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.namespaces().clone())
+            .unwrap_or_default();
+        listed
+            .iter()
+            .enumerate()
+            .filter_map(|(i, ns)| {
+                let path = ns.path().as_ref()?;
+                let name = validate::type_name(ns.typ());
+                match nspath::check(ns.typ(), &name, path) {
+                    Ok(nspath::NsPath::OtherContainer { pid }) => Some(format!(
+                        "linux.namespaces[{i}].path: {} is the {name} namespace of another \
+                         runm container (host process {pid}), which runs in a microVM of its \
+                         own; this container gets a {name} namespace of its own",
+                        path.display()
+                    )),
+                    _ => None,
+                }
+            })
+            .collect()
     }
 
     pub fn terminal(&self) -> bool {

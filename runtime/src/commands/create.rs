@@ -67,6 +67,9 @@ fn create_container(
         bail!("--preserve-fds: host file descriptors cannot be passed into a microVM");
     }
     let bundle = Bundle::load(&args.bundle)?;
+    for warning in bundle.namespace_warnings() {
+        log::warn!("{warning}");
+    }
     if bundle.terminal() && args.console_socket.is_none() && !own_terminal {
         bail!("process.terminal is true, so --console-socket is required");
     }

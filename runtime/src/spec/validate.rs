@@ -71,7 +71,7 @@ pub fn namespaces(spec: &Spec) -> Result<(), Problem> {
     }
     for (i, ns) in list.iter().enumerate() {
         if let Some(path) = ns.path() {
-            namespace_path(ns.typ(), path)
+            super::nspath::check(ns.typ(), &type_name(ns.typ()), path)
                 .map_err(|m| (format!("linux.namespaces[{i}].path"), m))?;
         }
     }
@@ -198,32 +198,6 @@ pub fn rootfs_propagation(spec: &Spec) -> Result<(), Problem> {
     }
 }
 
-/// A namespace path must exist and, where it says (a `/proc/PID/ns/*` link), be of its
-/// entry's type.
-fn namespace_path(typ: LinuxNamespaceType, path: &std::path::Path) -> Result<(), String> {
-    if let Err(e) = std::fs::metadata(path) {
-        return Err(format!("{}: {e}", path.display()));
-    }
-    let Ok(target) = std::fs::read_link(path) else {
-        return Ok(());
-    };
-    let kind = target.to_string_lossy();
-    let kind = kind.split(':').next().unwrap_or_default();
-    let want = match typ {
-        LinuxNamespaceType::Network => "net".to_string(),
-        LinuxNamespaceType::Mount => "mnt".to_string(),
-        other => type_name(other),
-    };
-    if kind != want {
-        return Err(format!(
-            "{} is a {kind} namespace, not a {} one",
-            path.display(),
-            type_name(typ)
-        ));
-    }
-    Ok(())
-}
-
 /// The namespace a sysctl belongs to (runc's list), `None` for a global one.
 fn sysctl_namespace(key: &str) -> Option<LinuxNamespaceType> {
     const IPC: [&str; 5] = [
@@ -246,7 +220,7 @@ fn sysctl_namespace(key: &str) -> Option<LinuxNamespaceType> {
 }
 
 /// A namespace type as config.json spells it.
-fn type_name(t: LinuxNamespaceType) -> String {
+pub fn type_name(t: LinuxNamespaceType) -> String {
     serde_json::to_value(t)
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
@@ -375,16 +349,18 @@ mod tests {
     }
 
     #[test]
-    fn namespace_paths_exist_and_match() {
-        assert!(namespace_path(LinuxNamespaceType::Network, "/proc/self/ns/net".as_ref()).is_ok());
-        let e =
-            namespace_path(LinuxNamespaceType::Cgroup, "/proc/self/ns/ipc".as_ref()).unwrap_err();
-        assert!(e.contains("ipc namespace"), "{e}");
-        assert!(namespace_path(
-            LinuxNamespaceType::Network,
-            "/proc/999999999/ns/net".as_ref()
-        )
-        .is_err());
+    fn namespace_paths_are_checked_naming_the_entry() {
+        let s = spec(serde_json::json!({"linux": {"namespaces": [
+            {"type": "network", "path": "/proc/self/ns/net"},
+            {"type": "cgroup", "path": "/proc/self/ns/ipc"}
+        ]}}));
+        let (field, msg) = namespaces(&s).unwrap_err();
+        assert_eq!(field, "linux.namespaces[1].path");
+        assert!(msg.contains("not cgroup"), "{msg}");
+        let s = spec(serde_json::json!({"linux": {"namespaces": [
+            {"type": "network", "path": "/proc/999999999/ns/net"}
+        ]}}));
+        assert_eq!(namespaces(&s).unwrap_err().0, "linux.namespaces[0].path");
     }
 
     #[test]
