@@ -268,6 +268,17 @@ fn corpus() -> Vec<Case> {
             ns.retain(|n| n["type"] != "network");
             ns.push(json!({"type": "network", "path": "/proc/999999999/ns/net"}));
         }),
+        Case::json("namespace_path_of_another_type", "linux.namespaces", |c| {
+            let ns = namespaces(c);
+            ns.retain(|n| n["type"] != "cgroup");
+            ns.push(json!({"type": "cgroup", "path": "/proc/1/ns/ipc"}));
+        }),
+        Case::json("namespace_path_of_the_host", "linux.namespaces", |c| {
+            let ns = namespaces(c);
+            ns.retain(|n| n["type"] != "ipc");
+            ns.push(json!({"type": "ipc", "path": "/proc/1/ns/ipc"}));
+        })
+        .may_refuse("a microVM cannot join a namespace of the host; runc joins it"),
         Case::json("hostname_without_uts", "hostname", |c| {
             namespaces(c).retain(|n| n["type"] != "uts")
         }),
@@ -360,6 +371,22 @@ fn corpus() -> Vec<Case> {
             "linux.resources.cpu.cpus|cpuset.cpus",
             |c| c["linux"]["resources"]["cpu"] = json!({"cpus": "banana"}),
         ),
+        // Resources the guest kernel must provide, read back as runc sets them.
+        Case::json("cpuset_two_cpus", "linux.resources.cpu", |c| {
+            c["linux"]["resources"]["cpu"] = json!({"cpus": "0-1"});
+            sh(c, "cat /sys/fs/cgroup/cpuset.cpus");
+        }),
+        Case::json("blockio_weight", "linux.resources.blockIO", |c| {
+            c["linux"]["resources"]["blockIO"] = json!({"weight": 500});
+            sh(c, "cat /sys/fs/cgroup/io.bfq.weight");
+        }),
+        Case::json("hugepage_limits", "linux.resources.hugepageLimits", |c| {
+            c["linux"]["resources"]["hugepageLimits"] = json!([
+                {"pageSize": "2MB", "limit": 4_194_304},
+                {"pageSize": "1GB", "limit": 1_073_741_824}
+            ]);
+            sh(c, "cat /sys/fs/cgroup/hugetlb.2MB.max /sys/fs/cgroup/hugetlb.1GB.max");
+        }),
         Case::json("device_bad_type", "linux.devices", |c| {
             c["linux"]["devices"] =
                 json!([{"path": "/dev/corpus", "type": "x", "major": 1, "minor": 3}])
@@ -671,6 +698,12 @@ fn malformed_bundles_get_runcs_answer_or_a_named_error_and_leave_nothing() {
     require_kvm();
     let _vm = vm_lock();
     let runc = runc_bin();
+    // runc sets a blockIO weight through BFQ (io.bfq.weight), a module in Debian's kernel.
+    let bfq = Command::new("modprobe").arg("bfq").status();
+    assert!(
+        bfq.is_ok_and(|s| s.success()),
+        "modprobe bfq: the blockio_weight case needs the BFQ scheduler on the host"
+    );
     let tmp = TempDir::new("malformed");
     let runm = Runm::new(&tmp);
     let runc_root = tmp.join("runc-state");
