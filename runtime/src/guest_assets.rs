@@ -78,6 +78,17 @@ fn default_dirs(asset: Asset, exe: &Path) -> Vec<PathBuf> {
     }
 }
 
+/// This binary's path, read once: after the host process takes a new mount namespace,
+/// `/proc/self/exe` names it from the old namespace's root, which differs from this
+/// process's root under a chroot. [`crate::host`] reads it before.
+pub fn own_exe() -> Result<PathBuf, LocateError> {
+    static EXE: std::sync::OnceLock<Result<PathBuf, std::io::ErrorKind>> =
+        std::sync::OnceLock::new();
+    EXE.get_or_init(|| std::env::current_exe().map_err(|e| e.kind()))
+        .clone()
+        .map_err(|kind| LocateError::CurrentExe(kind.into()))
+}
+
 /// Returns `explicit` if given (it must exist), else the first default that exists.
 pub fn locate(asset: Asset, explicit: Option<PathBuf>) -> Result<PathBuf, LocateError> {
     if let Some(path) = explicit {
@@ -86,7 +97,7 @@ pub fn locate(asset: Asset, explicit: Option<PathBuf>) -> Result<PathBuf, Locate
         }
         return Ok(path);
     }
-    let exe = std::env::current_exe().map_err(LocateError::CurrentExe)?;
+    let exe = own_exe()?;
     let candidates: Vec<PathBuf> = default_dirs(asset, &exe)
         .into_iter()
         .map(|d| d.join(asset.file_name()))

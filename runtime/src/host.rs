@@ -189,6 +189,7 @@ pub fn run_sandbox(root: &Root, id: &str, console_socket: Option<&Path>) -> i32 
 
 /// Takes the new namespaces the container's config asks for (see `namespaces`).
 fn own_namespaces(root: &Root, id: &str) -> anyhow::Result<HostNamespaces> {
+    guest_assets::own_exe()?;
     let bundle_dir = root.lock(id)?.load_raw()?.bundle;
     let bundle = Bundle::load(&bundle_dir)?;
     Ok(namespaces::isolate(&bundle.spec)?)
