@@ -15,14 +15,14 @@ use std::process::Command;
 
 use nix::mount::{mount, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};
-use nix::unistd::fchdir;
+use nix::unistd::{chroot, fchdir};
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NamespacesError {
-    #[error("cannot open this process's {name} namespace: {source}")]
+    #[error("cannot open {path}, to run hooks in the host's namespaces: {source}")]
     Open {
-        name: &'static str,
+        path: String,
         source: std::io::Error,
     },
     #[error("cannot give the host process new {names} namespaces: {source}")]
@@ -49,6 +49,11 @@ const KINDS: [(LinuxNamespaceType, CloneFlags, &str); 5] = [
 pub struct HostNamespaces {
     /// Each with the `CLONE_NEW*` flag `setns` checks it against.
     files: Vec<(File, CloneFlags)>,
+    /// This process's root and working directory in the host's mount namespace:
+    /// entering a mount namespace moves both to its root, which under a chroot is not
+    /// this process's root.
+    root: File,
+    cwd: File,
 }
 
 /// The new namespaces (no `path`) the config asks for, of those this process can take.
@@ -83,11 +88,13 @@ fn names(flags: CloneFlags) -> String {
 /// the config asks a new one of. Call it before any other thread starts: a process
 /// whose threads share its filesystem context cannot take a new mount namespace.
 pub fn isolate(spec: &Spec) -> Result<HostNamespaces, NamespacesError> {
+    let open = |path: String| {
+        File::open(&path).map_err(|source| NamespacesError::Open { path, source })
+    };
+    let (root, cwd) = (open("/".into())?, open(".".into())?);
     let mut files = Vec::new();
     for (_, flag, name) in KINDS {
-        let file = File::open(format!("/proc/self/ns/{name}"))
-            .map_err(|source| NamespacesError::Open { name, source })?;
-        files.push((file, flag));
+        files.push((open(format!("/proc/self/ns/{name}"))?, flag));
     }
     let flags = wanted(spec);
     if !flags.is_empty() {
@@ -108,29 +115,31 @@ pub fn isolate(spec: &Spec) -> Result<HostNamespaces, NamespacesError> {
         )
         .map_err(NamespacesError::Propagation)?;
     }
-    Ok(HostNamespaces { files })
+    Ok(HostNamespaces { files, root, cwd })
 }
 
 impl HostNamespaces {
-    /// Makes `cmd`'s process enter the host's namespaces before it execs, keeping the
-    /// working directory it had.
+    /// Makes `cmd`'s process enter the host's namespaces before it execs, with the root
+    /// and working directory this process had there.
     pub fn apply_to(&self, cmd: &mut Command) -> std::io::Result<()> {
         let targets = self
             .files
             .iter()
             .map(|(f, flag)| Ok((f.try_clone()?, *flag)))
             .collect::<std::io::Result<Vec<(File, CloneFlags)>>>()?;
-        // Entering a mount namespace moves the working directory to its root.
-        let cwd = File::open(".")?;
+        let (root, cwd) = (self.root.try_clone()?, self.cwd.try_clone()?);
         // SAFETY: the closure runs in the child between fork and exec, where only
-        // async-signal-safe calls are allowed: it calls setns(2) and fchdir(2) on
-        // descriptors it owns (moved into it, so open until `cmd` is dropped, and closed
-        // at exec), reads a vector allocated before the fork, and allocates nothing.
+        // async-signal-safe calls are allowed: it calls setns(2), fchdir(2) and
+        // chroot(2) (with a path short enough for nix's stack buffer) on descriptors it
+        // owns (moved into it, so open until `cmd` is dropped, and closed at exec),
+        // reads a vector allocated before the fork, and allocates nothing.
         unsafe {
             cmd.pre_exec(move || {
                 for (file, flag) in &targets {
                     setns(file, *flag)?;
                 }
+                fchdir(&root)?;
+                chroot(".")?;
                 fchdir(&cwd)?;
                 Ok(())
             });
