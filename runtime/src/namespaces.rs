@@ -88,9 +88,8 @@ fn names(flags: CloneFlags) -> String {
 /// the config asks a new one of. Call it before any other thread starts: a process
 /// whose threads share its filesystem context cannot take a new mount namespace.
 pub fn isolate(spec: &Spec) -> Result<HostNamespaces, NamespacesError> {
-    let open = |path: String| {
-        File::open(&path).map_err(|source| NamespacesError::Open { path, source })
-    };
+    let open =
+        |path: String| File::open(&path).map_err(|source| NamespacesError::Open { path, source });
     let (root, cwd) = (open("/".into())?, open(".".into())?);
     let mut files = Vec::new();
     for (_, flag, name) in KINDS {

@@ -59,6 +59,12 @@ fn run_returns_137_when_the_process_is_killed() {
         .spawn()
         .unwrap();
     assert_eq!(runm.wait_status(id, "running", T), "running");
+    // Killed once its output is out: "running" comes before the shell's first line.
+    let start = Instant::now();
+    while !std::fs::read_to_string(&out_path).unwrap().contains("up") {
+        assert!(start.elapsed() < T, "no output from the container");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let out = runm.run(&["kill", id, "KILL"], T);
     assert!(out.status.success(), "kill: {}", describe(&out));
     let start = Instant::now();
@@ -70,7 +76,6 @@ fn run_returns_137_when_the_process_is_killed() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(status.code(), Some(137), "{status}");
-    assert!(std::fs::read_to_string(&out_path).unwrap().contains("up"));
     runm.assert_empty();
     assert_no_runm_left();
 }
