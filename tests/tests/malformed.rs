@@ -116,10 +116,6 @@ fn remove(c: &mut Value, key: &str) {
     c.as_object_mut().expect("config is an object").remove(key);
 }
 
-/// Prints the propagation fields of the mount on /mnt ("shared", "master", or none).
-const PROPAGATION_OF_MNT: &str = "awk '$5 == \"/mnt\" { f = \"\"; for (i = 7; $i != \"-\"; i++) \
-     f = f $i \" \"; print \"/mnt:\", f }' /proc/self/mountinfo | sed 's/:[0-9][0-9]*//g'";
-
 /// The corpus. Each case is one mutation of a good busybox bundle running `echo ok`.
 fn corpus() -> Vec<Case> {
     vec![
@@ -307,23 +303,6 @@ fn corpus() -> Vec<Case> {
                 json!({"destination": "/mnt", "type": "bind", "source": "/nonexistent/source",
                        "options": ["rbind"]}),
             )
-        }),
-        // Propagation, as the mount's optional fields in mountinfo show it (peer group
-        // numbers left out: they differ between any two systems).
-        Case::dir("mount_bind_rshared", "mounts[", |dir, c| {
-            std::fs::create_dir_all(dir.join("vol")).expect("the bind source");
-            push_mount(
-                c,
-                json!({"destination": "/mnt", "type": "bind", "source": dir.join("vol"),
-                       "options": ["rbind", "rshared"]}),
-            );
-            sh(c, PROPAGATION_OF_MNT);
-            Write::Json
-        }),
-        Case::json("rootfs_propagation_shared", "rootfsPropagation", |c| {
-            c["linux"]["rootfsPropagation"] = "shared".into();
-            sh(c, "awk '$5 == \"/\" { f = \"\"; for (i = 7; $i != \"-\"; i++) f = f $i \" \"; \
-                   print \"/:\", f }' /proc/self/mountinfo | sed 's/:[0-9][0-9]*//g'");
         }),
         Case::json("mount_unknown_option", "bananas|mounts[", |c| {
             push_mount(
