@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use crate::bundle::busybox_rootfs;
-use crate::{describe, run_command, runm_bin, send_signal, TempDir};
+use crate::{describe, run_command, runm_bin, send_signal, try_run_command, TempDir};
 
 /// The name the busybox image is imported under.
 pub const IMAGE: &str = "localhost/runm-test-busybox:latest";
@@ -111,9 +111,10 @@ fn spawn_daemon(mut cmd: Command, log: &Path) -> std::process::Child {
 /// the test with the daemon's log after `within`.
 fn wait_until_serving(probe: impl Fn() -> Command, log: &Path, within: Duration) {
     let deadline = std::time::Instant::now() + within;
-    while !run_command(probe(), Duration::from_secs(30), None)
-        .status
-        .success()
+    // A probe the daemon does not answer yet (it accepted, but is still starting) is
+    // tried again, until `within`.
+    while !try_run_command(probe(), Duration::from_secs(30), None)
+        .is_some_and(|o| o.status.success())
     {
         assert!(
             std::time::Instant::now() < deadline,

@@ -93,7 +93,19 @@ pub fn run_runm_env(args: &[&str], env: &[(&str, &OsStr)], deadline: Duration) -
 
 /// Runs `cmd` to completion with `stdin` (or an empty stdin), its output captured;
 /// kills it and fails the test after `deadline`.
-pub fn run_command(mut cmd: Command, deadline: Duration, stdin: Option<&[u8]>) -> Output {
+pub fn run_command(cmd: Command, deadline: Duration, stdin: Option<&[u8]>) -> Output {
+    let what = format!("{cmd:?}");
+    try_run_command(cmd, deadline, stdin)
+        .unwrap_or_else(|| panic!("{what} did not finish within {deadline:?}"))
+}
+
+/// Like [`run_command`], but a command still running after `deadline` is killed and
+/// gives `None`.
+pub fn try_run_command(
+    mut cmd: Command,
+    deadline: Duration,
+    stdin: Option<&[u8]>,
+) -> Option<Output> {
     let what = format!("{cmd:?}");
     let mut child = cmd
         .stdin(if stdin.is_some() {
@@ -117,10 +129,10 @@ pub fn run_command(mut cmd: Command, deadline: Duration, stdin: Option<&[u8]>) -
         let _ = tx.send(child.wait_with_output());
     });
     match rx.recv_timeout(deadline) {
-        Ok(out) => out.unwrap_or_else(|e| panic!("cannot wait for {what}: {e}")),
+        Ok(out) => Some(out.unwrap_or_else(|e| panic!("cannot wait for {what}: {e}"))),
         Err(_) => {
             let _ = send_signal(pid, "KILL");
-            panic!("{what} did not finish within {deadline:?}");
+            None
         }
     }
 }
