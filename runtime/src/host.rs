@@ -77,6 +77,18 @@ pub fn host_stdio(
     }
 }
 
+/// Turns off the CRLF mapping of the process's terminal, as runc does when it relays a
+/// terminal to its own stdout (a pipe then gets the process's bytes unchanged).
+pub fn plain_newlines(sockets: &Path, key: &ProcessKey) {
+    let request = Request::SetTtyOnlcr {
+        process: key.clone(),
+        onlcr: false,
+    };
+    if let Err(e) = agent(sockets).and_then(|mut a| Ok(a.call_ok(&request, CALL_TIMEOUT)?)) {
+        log::warn!("cannot turn off the terminal's CRLF mapping: {e:#}");
+    }
+}
+
 /// Attaches `stdio` and sends `create` (`CreateContainer` or `Exec`); returns the relay
 /// and the guest pid.
 pub fn launch(

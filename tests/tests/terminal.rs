@@ -144,6 +144,10 @@ fn a_foreground_terminal_run_prints_and_returns_whatever_its_stdin() {
         );
         if has_terminal(stdin, stdout) {
             assert_eq!(runm.0, (Some(0), true), "{stdin:?}, {stdout:?}: {seen:?}");
+            if stdout == StdoutKind::Pipe {
+                // The bytes themselves: runc turns the pty's CRLF mapping off.
+                assert_eq!(runc.1.output, runm.1.output, "{stdin:?}: the same bytes");
+            }
         } else {
             // No terminal to relay through: refused, with runc's reason.
             assert!(runm.1.stderr.contains("terminal"), "{:?}", runm.1);

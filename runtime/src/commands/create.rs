@@ -36,6 +36,10 @@ pub fn run(global: &GlobalOpts, args: &RunArgs) -> anyhow::Result<i32> {
     let t = std::time::Instant::now();
     let (mut child, master) = create_container(global, &args.create, !args.detach)?;
     crate::host::phase("create_total", t);
+    if master.is_some() {
+        let key = runm_protocol::ProcessKey::init(id);
+        crate::host::plain_newlines(&Root::new(&global.root).sockets_dir(id), &key);
+    }
     // Before start, so that the container's first output finds our terminal raw.
     let terminal = match master
         .map(|(m, console)| Foreground::start(m, console))

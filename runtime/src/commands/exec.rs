@@ -58,6 +58,10 @@ pub fn exec(global: &GlobalOpts, args: &ExecArgs) -> anyhow::Result<i32> {
         spec,
     };
     let (relay, _guest_pid) = host::launch(&uds, &key, stdio, &request)?;
+    if terminal && args.console_socket.is_none() {
+        // The process runs already: its first output may come before this (as with runc).
+        host::plain_newlines(&sockets, &key);
+    }
     if let Some(path) = &args.pid_file {
         super::create::write_pid_file(path, std::process::id())?;
     }
