@@ -116,6 +116,7 @@ impl Agent {
                 rows,
                 cols,
             } => self.resize(&process, rows, cols),
+            Request::SetTtyOnlcr { process, onlcr } => self.set_onlcr(&process, onlcr),
             Request::Pause { id } => self.freeze(&id, true),
             Request::Resume { id } => self.freeze(&id, false),
             Request::Processes { id } => self.cgroup(&id).and_then(|cg| {
@@ -405,6 +406,16 @@ impl Agent {
             .ok_or_else(|| format!("{} has no terminal", describe(key)))?;
         relay::resize(&master, rows, cols)
             .map_err(|e| format!("cannot resize the terminal of {}: {e}", describe(key)))?;
+        Ok(Response::Ok)
+    }
+
+    fn set_onlcr(&self, key: &ProcessKey, onlcr: bool) -> Result<Response> {
+        let master = self
+            .proc(key)?
+            .tty()
+            .ok_or_else(|| format!("{} has no terminal", describe(key)))?;
+        relay::set_onlcr(&master, onlcr)
+            .map_err(|e| format!("cannot set the terminal of {}: {e}", describe(key)))?;
         Ok(Response::Ok)
     }
 

@@ -28,6 +28,7 @@ pub fn deadline(request: &Request) -> Option<Duration> {
         Request::Ping
         | Request::Signal { .. }
         | Request::ResizeTty { .. }
+        | Request::SetTtyOnlcr { .. }
         | Request::Pause { .. }
         | Request::Resume { .. }
         | Request::Processes { .. }

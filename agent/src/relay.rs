@@ -145,6 +145,15 @@ fn tty_loop(master: &File, stream: &VsockStream, proc: &Proc) {
     }
 }
 
+/// Turns the terminal's newline-to-CRLF output mapping on or off (through the master: a
+/// pty master's termios requests act on its slave).
+pub fn set_onlcr(master: &File, onlcr: bool) -> nix::Result<()> {
+    use nix::sys::termios::{self, OutputFlags, SetArg};
+    let mut t = termios::tcgetattr(master.as_fd())?;
+    t.output_flags.set(OutputFlags::ONLCR, onlcr);
+    termios::tcsetattr(master.as_fd(), SetArg::TCSANOW, &t)
+}
+
 /// Sets the terminal's window size.
 pub fn resize(master: &File, rows: u16, cols: u16) -> std::io::Result<()> {
     let size = nix::libc::winsize {

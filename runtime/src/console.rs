@@ -7,10 +7,11 @@
 //! line discipline does the work). Window sizes are polled and sent to the guest.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixListener;
 use std::path::Path;
 
 use nix::pty::{openpty, Winsize};
-use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
 use nix::sys::termios::{self, SetArg, Termios};
 
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +23,13 @@ pub enum ConsoleError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "process.terminal is true, but none of stdin, stdout and stderr is a terminal, \
+         and there is no controlling terminal (/dev/tty: {0})"
+    )]
+    NoTerminal(std::io::Error),
+    #[error("cannot receive the terminal's master: {0}")]
+    Receive(std::io::Error),
     #[error("cannot set the terminal to raw mode: {0}")]
     Termios(nix::Error),
 }
@@ -46,6 +54,63 @@ pub fn send_to_socket(path: &Path) -> Result<OwnedFd, ConsoleError> {
         .map_err(|e| socket_err(e.into()))?;
     // The caller owns the master now; our copy closes here.
     Ok(pty.slave)
+}
+
+/// Receives a pty master sent to `listener` by [`send_to_socket`] (the peer has
+/// connected and sent it before it reported ready, so nothing is waited for).
+pub fn receive_master(listener: &UnixListener) -> Result<OwnedFd, ConsoleError> {
+    let err = |source: std::io::Error| ConsoleError::Receive(source);
+    listener.set_nonblocking(true).map_err(err)?;
+    let (conn, _) = listener.accept().map_err(err)?;
+    let mut buf = [0u8; 4096];
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = recvmsg::<()>(
+        conn.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(|e| err(e.into()))?;
+    let fds: Vec<OwnedFd> = msg
+        .cmsgs()
+        .map_err(|e| err(e.into()))?
+        .flat_map(|c| match c {
+            ControlMessageOwned::ScmRights(fds) => fds,
+            _ => Vec::new(),
+        })
+        // SAFETY: SCM_RIGHTS just installed these fds in this process; nothing else
+        // owns them.
+        .map(|fd| unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+        .collect();
+    fds.into_iter()
+        .next()
+        .ok_or_else(|| err(std::io::Error::other("the message held no terminal")))
+}
+
+/// The terminal a foreground `run` or `exec` relays a container's terminal through, as
+/// runc finds it: the first of stderr, stdout and stdin that is a terminal, else the
+/// controlling terminal (`/dev/tty`). Its modes and window size are the ones that count;
+/// input still comes from stdin and output goes to stdout.
+pub fn host_console() -> Result<OwnedFd, ConsoleError> {
+    let stdio = [
+        std::io::stderr().as_fd().try_clone_to_owned(),
+        std::io::stdout().as_fd().try_clone_to_owned(),
+        std::io::stdin().as_fd().try_clone_to_owned(),
+    ];
+    if let Some(fd) = stdio
+        .into_iter()
+        .flatten()
+        .find(|fd| nix::unistd::isatty(fd).unwrap_or(false))
+    {
+        return Ok(fd);
+    }
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")
+        .map(OwnedFd::from)
+        .map_err(ConsoleError::NoTerminal)
 }
 
 /// Puts `fd` in raw mode; returns the previous settings to restore.
@@ -83,6 +148,19 @@ impl Drop for RawGuard {
 }
 
 nix::ioctl_read_bad!(tiocgwinsz, nix::libc::TIOCGWINSZ, Winsize);
+nix::ioctl_write_ptr_bad!(tiocswinsz, nix::libc::TIOCSWINSZ, Winsize);
+
+/// Sets the window size of the terminal `fd`.
+pub fn set_window_size(fd: BorrowedFd<'_>, (rows, cols): (u16, u16)) -> nix::Result<()> {
+    let ws = Winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one `struct winsize` from `ws`, which lives for the call.
+    unsafe { tiocswinsz(fd.as_raw_fd(), &ws) }.map(drop)
+}
 
 /// The window size of the terminal `fd`, if it is one.
 pub fn window_size(fd: BorrowedFd<'_>) -> Option<(u16, u16)> {
@@ -100,8 +178,6 @@ pub fn window_size(fd: BorrowedFd<'_>) -> Option<(u16, u16)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nix::sys::socket::{recvmsg, ControlMessageOwned};
-    use std::os::unix::net::UnixListener;
 
     #[test]
     fn the_master_arrives_over_the_console_socket() {
@@ -111,42 +187,14 @@ mod tests {
         let path = dir.join("console.sock");
         let listener = UnixListener::bind(&path).unwrap();
         let slave = send_to_socket(&path).unwrap();
-        let (conn, _) = listener.accept().unwrap();
-        let mut buf = [0u8; 64];
-        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-        let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-        let msg = recvmsg::<()>(
-            conn.as_raw_fd(),
-            &mut iov,
-            Some(&mut space),
-            MsgFlags::empty(),
-        )
-        .unwrap();
-        let fd = msg
-            .cmsgs()
-            .unwrap()
-            .find_map(|c| match c {
-                ControlMessageOwned::ScmRights(fds) => fds.first().copied(),
-                _ => None,
-            })
-            .expect("a file descriptor");
-        // SAFETY: the fd just arrived over SCM_RIGHTS and nothing else owns it.
-        let master = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let master = receive_master(&listener).unwrap();
         // Bytes written to the master come out of the slave unchanged (raw mode).
         nix::unistd::write(&master, b"a\rb").unwrap();
         let mut got = [0u8; 3];
         let n = nix::unistd::read(slave.as_fd(), &mut got).unwrap();
         assert_eq!(&got[..n], b"a\rb");
         // Resizing the master is what the slave's window size reports.
-        let ws = Winsize {
-            ws_row: 33,
-            ws_col: 101,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
-        nix::ioctl_write_ptr_bad!(tiocswinsz, nix::libc::TIOCSWINSZ, Winsize);
-        // SAFETY: TIOCSWINSZ reads one `struct winsize` from `ws`, alive for the call.
-        unsafe { tiocswinsz(master.as_raw_fd(), &ws) }.unwrap();
+        set_window_size(master.as_fd(), (33, 101)).unwrap();
         assert_eq!(window_size(slave.as_fd()), Some((33, 101)));
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -58,20 +58,35 @@ pub fn agent(sockets: &Path) -> anyhow::Result<AgentClient> {
     .context("cannot reach the container's VM")
 }
 
-/// Where a process's terminal or stdio goes on the host.
+/// Where a process's terminal or stdio goes on the host: the pty sent to
+/// `console_socket`, or our own stdin and stdout with the host console (see
+/// [`console::host_console`]) in raw mode.
 pub fn host_stdio(
     terminal: bool,
     console_socket: Option<&Path>,
 ) -> anyhow::Result<(HostStdio, Option<RawGuard>)> {
     if !terminal {
-        return Ok((HostStdio::inherited(false)?, None));
+        return Ok((HostStdio::inherited()?, None));
     }
     match console_socket {
         Some(path) => Ok((HostStdio::pty(console::send_to_socket(path)?)?, None)),
         None => {
-            let guard = RawGuard::new(std::os::fd::AsFd::as_fd(&std::io::stdin()));
-            Ok((HostStdio::inherited(true)?, guard))
+            let tty = console::host_console()?;
+            let guard = RawGuard::new(std::os::fd::AsFd::as_fd(&tty));
+            Ok((HostStdio::own_terminal(tty)?, guard))
         }
+    }
+}
+
+/// Turns off the CRLF mapping of the process's terminal, as runc does when it relays a
+/// terminal to its own stdout (a pipe then gets the process's bytes unchanged).
+pub fn plain_newlines(sockets: &Path, key: &ProcessKey) {
+    let request = Request::SetTtyOnlcr {
+        process: key.clone(),
+        onlcr: false,
+    };
+    if let Err(e) = agent(sockets).and_then(|mut a| Ok(a.call_ok(&request, CALL_TIMEOUT)?)) {
+        log::warn!("cannot turn off the terminal's CRLF mapping: {e:#}");
     }
 }
 

@@ -17,12 +17,14 @@ mod sandbox;
 mod signals;
 mod spec;
 mod state;
+mod terminal;
 mod virtiofs;
 mod watch;
 
 use clap::Parser;
 
 fn main() {
+    fill_closed_stdio();
     let cli = cli::Cli::parse();
     init_logging(&cli.global);
     let g = &cli.global;
@@ -64,6 +66,24 @@ fn main() {
             1
         }
     });
+}
+
+/// Opens /dev/null on each of fds 0-2 that is closed: otherwise the first socket or file
+/// runm opens lands there and is taken for its stdio (relayed to the container, or
+/// handed to a host process as its stdin).
+fn fill_closed_stdio() {
+    for fd in 0..=2 {
+        // SAFETY: F_GETFD only reads the descriptor's flags; a closed one gives EBADF.
+        if unsafe { nix::libc::fcntl(fd, nix::libc::F_GETFD) } == -1 {
+            // The lowest free descriptor is this one, as the lower ones are open now.
+            let null = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null");
+            // Kept open for the life of the process, as stdio is.
+            std::mem::forget(null);
+        }
+    }
 }
 
 /// Logs go to stderr, or to `--log` (appended) in runc's text or JSON format.

@@ -40,22 +40,22 @@ pub enum HostStdio {
 }
 
 impl HostStdio {
-    /// This process's own stdin, stdout and stderr.
-    pub fn inherited(terminal: bool) -> std::io::Result<Self> {
-        let dup = |fd: std::os::fd::BorrowedFd<'_>| fd.try_clone_to_owned();
-        if terminal {
-            Ok(HostStdio::Tty {
-                input: dup(std::io::stdin().as_fd())?,
-                output: dup(std::io::stdout().as_fd())?,
-                size: dup(std::io::stdin().as_fd())?,
-            })
-        } else {
-            Ok(HostStdio::Pipes {
-                stdin: Some(dup(std::io::stdin().as_fd())?),
-                stdout: dup(std::io::stdout().as_fd())?,
-                stderr: dup(std::io::stderr().as_fd())?,
-            })
-        }
+    /// This process's own stdin, stdout and stderr, as pipes (or files).
+    pub fn inherited() -> std::io::Result<Self> {
+        Ok(HostStdio::Pipes {
+            stdin: Some(dup(std::io::stdin().as_fd())?),
+            stdout: dup(std::io::stdout().as_fd())?,
+            stderr: dup(std::io::stderr().as_fd())?,
+        })
+    }
+
+    /// Our stdin and stdout, with the window size of the terminal `console`.
+    pub fn own_terminal(console: OwnedFd) -> std::io::Result<Self> {
+        Ok(HostStdio::Tty {
+            input: dup(std::io::stdin().as_fd())?,
+            output: dup(std::io::stdout().as_fd())?,
+            size: console,
+        })
     }
 
     /// A pty slave from [`console::send_to_socket`].
@@ -66,6 +66,10 @@ impl HostStdio {
             size: slave,
         })
     }
+}
+
+fn dup(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<OwnedFd> {
+    fd.try_clone_to_owned()
 }
 
 /// Running relays; output is complete once [`Relay::wait_output`] returns true.

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 pub mod bundle;
 pub mod clients;
 pub mod net;
+pub mod tty;
 
 /// The agent's banner, as far as it does not depend on the kernel.
 pub const BANNER_PREFIX: &str = "runm-agent ready (kernel ";

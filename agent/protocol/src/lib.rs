@@ -20,7 +20,7 @@ pub use network::{
 };
 
 /// Bumped on every incompatible change to the messages.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 /// The vsock port the agent listens on.
 pub const AGENT_PORT: u32 = 1024;
 /// Where the agent mounts the sandbox's shared file system (virtio-fs).

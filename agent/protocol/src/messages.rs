@@ -68,6 +68,12 @@ pub enum Request {
         rows: u16,
         cols: u16,
     },
+    /// Turns the terminal's `ONLCR` (newline to CRLF on output) on or off: runc turns it
+    /// off when it relays a terminal to its own stdout.
+    SetTtyOnlcr {
+        process: ProcessKey,
+        onlcr: bool,
+    },
     /// Freezes every process of the container (cgroup freezer).
     Pause {
         id: String,
@@ -312,9 +318,13 @@ mod tests {
                 all: true,
             },
             Request::ResizeTty {
-                process: key,
+                process: key.clone(),
                 rows: 24,
                 cols: 80,
+            },
+            Request::SetTtyOnlcr {
+                process: key,
+                onlcr: false,
             },
             Request::Pause { id: "c".into() },
             Request::Resume { id: "c".into() },

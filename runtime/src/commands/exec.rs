@@ -42,6 +42,9 @@ pub fn exec(global: &GlobalOpts, args: &ExecArgs) -> anyhow::Result<i32> {
     if terminal && args.detach && args.console_socket.is_none() {
         bail!("--tty with --detach needs --console-socket");
     }
+    if (!args.detach || !terminal) && args.console_socket.is_some() {
+        bail!("cannot use --console-socket if runm will not detach or allocate a tty (it is for exec --detach --tty)");
+    }
     let exec_id = random_id()?;
     let spec = serde_json::to_value(&process)?;
     if args.detach {
@@ -55,6 +58,10 @@ pub fn exec(global: &GlobalOpts, args: &ExecArgs) -> anyhow::Result<i32> {
         spec,
     };
     let (relay, _guest_pid) = host::launch(&uds, &key, stdio, &request)?;
+    if terminal && args.console_socket.is_none() {
+        // The process runs already: its first output may come before this (as with runc).
+        host::plain_newlines(&sockets, &key);
+    }
     if let Some(path) = &args.pid_file {
         super::create::write_pid_file(path, std::process::id())?;
     }
@@ -162,7 +169,7 @@ fn spawn_detached(
     cmd.args(["exec-host", &args.id, exec_id]);
     let spawned = super::create::spawn_host(
         cmd,
-        args.console_socket.as_deref(),
+        (args.console_socket.as_deref(), false),
         &ready,
         READY_TIMEOUT,
         args.pid_file.as_deref(),
