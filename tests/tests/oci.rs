@@ -8,6 +8,7 @@ use std::os::unix::net::UnixListener;
 use std::time::{Duration, Instant};
 
 use runm_tests::bundle::{Runm, TestBundle};
+use runm_tests::tty::{run_attached, StdinKind, StdoutKind};
 use runm_tests::*;
 
 /// Boots in the emulated test host take seconds; a whole command well under this.
@@ -163,9 +164,15 @@ fn create_start_state_kill_delete_walk_the_oci_states() {
     let out = runm.run(&["exec", id, "sh", "-c", "echo exec-ok; exit 5"], T);
     assert_eq!(out.status.code(), Some(5), "{}", describe(&out));
     assert!(stdout(&out).contains("exec-ok"), "{}", describe(&out));
-    let out = runm.run(&["exec", "-t", id, "tty"], T);
-    assert!(out.status.success(), "{}", describe(&out));
-    assert!(stdout(&out).contains("/dev/pts/"), "{}", describe(&out));
+    // A terminal needs one on the caller's side too, as with runc: stdin a pty.
+    let tty = run_attached(
+        runm.command(&["exec", "-t", id, "tty"]),
+        StdinKind::Pty,
+        StdoutKind::Pipe,
+        T,
+    );
+    assert_eq!(tty.status, Some(0), "{tty:?}");
+    assert!(tty.output.contains("/dev/pts/"), "{tty:?}");
     let out = runm.run(
         &[
             "exec",

@@ -12,6 +12,8 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path};
 
+use nix::errno::Errno;
+use nix::sched::CloneFlags;
 use oci_spec::runtime::LinuxNamespaceType;
 
 /// What a valid path means for the container.
@@ -23,21 +25,48 @@ pub enum NsPath {
     OtherContainer { pid: u32 },
 }
 
-/// The kind of namespace the file at `path` is (`net`, `ipc`, ...), as nsfs names it.
-fn kind_of(path: &Path) -> Result<String, String> {
+// NS_GET_NSTYPE (linux/nsfs.h, `_IO(0xb7, 0x3)`): the CLONE_NEW* flag of the namespace
+// an nsfs descriptor refers to; any other file answers ENOTTY.
+nix::ioctl_none!(ns_get_nstype, 0xb7, 0x3);
+
+/// The kind of namespace the file at `path` is (`net`, `ipc`, ...), as `/proc/PID/ns`
+/// names it: read from the file (a `/proc` link or a bind mount of one, such as
+/// `/run/netns/NAME`), whatever it is called.
+fn kind_of(path: &Path) -> Result<&'static str, String> {
     let file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    // An nsfs file's open descriptor reads as "ipc:[4026531839]".
-    let link = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    let link = link.to_string_lossy();
-    match link.split_once(":[") {
-        Some((kind, rest)) if rest.ends_with(']') && !kind.contains('/') => Ok(kind.to_string()),
-        _ => Err(format!(
+    // SAFETY: NS_GET_NSTYPE takes no argument; it only looks at the descriptor, which
+    // `file` keeps open for the call.
+    let flag = unsafe { ns_get_nstype(file.as_raw_fd()) }.map_err(|e| match e {
+        Errno::ENOTTY | Errno::EINVAL => format!(
             "{} is not a namespace (expected /proc/PID/ns/TYPE or a bind mount of one)",
             path.display()
-        )),
-    }
+        ),
+        e => format!("{}: cannot read its namespace type: {e}", path.display()),
+    })?;
+    KINDS
+        .iter()
+        .find(|(f, _)| f.bits() == flag)
+        .map(|(_, name)| *name)
+        .ok_or_else(|| {
+            format!(
+                "{} is a namespace of an unknown type ({flag:#x})",
+                path.display()
+            )
+        })
 }
+
+/// The namespace types, as `/proc/PID/ns` names them.
+const KINDS: [(CloneFlags, &str); 8] = [
+    (CloneFlags::CLONE_NEWNS, "mnt"),
+    (CloneFlags::CLONE_NEWCGROUP, "cgroup"),
+    (CloneFlags::CLONE_NEWUTS, "uts"),
+    (CloneFlags::CLONE_NEWIPC, "ipc"),
+    (CloneFlags::CLONE_NEWUSER, "user"),
+    (CloneFlags::CLONE_NEWPID, "pid"),
+    (CloneFlags::CLONE_NEWNET, "net"),
+    // CLONE_NEWTIME (linux/sched.h); nix names it only on some targets.
+    (CloneFlags::from_bits_retain(0x80), "time"),
+];
 
 /// The process a `/proc/PID/ns/TYPE` (or `/proc/PID/task/TID/ns/TYPE`) path names.
 fn proc_pid(path: &Path) -> Option<u32> {
