@@ -296,7 +296,8 @@ impl ConsoleSocket {
     }
 }
 
-fn receive_fd(conn: &std::os::unix::net::UnixStream) -> Option<OwnedFd> {
+/// The file descriptor a console socket's client sent over `conn` (SCM_RIGHTS).
+pub fn receive_fd(conn: &std::os::unix::net::UnixStream) -> Option<OwnedFd> {
     use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
     let mut buf = [0u8; 4096];
     let mut iov = [std::io::IoSliceMut::new(&mut buf)];

@@ -3,12 +3,12 @@
 //! seen from inside, a memory limit, and bad input that must leave nothing behind.
 
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixListener;
 use std::time::{Duration, Instant};
 
 use runm_tests::bundle::{Runm, TestBundle};
-use runm_tests::tty::{run_attached, StdinKind, StdoutKind};
+use runm_tests::tty::{receive_fd, run_attached, StdinKind, StdoutKind};
 use runm_tests::*;
 
 /// Boots in the emulated test host take seconds; a whole command well under this.
@@ -297,28 +297,8 @@ fn a_guest_lost_mid_request_ends_exec_and_delete_force_cleans_up() {
 
 /// Receives the pty master runm sends to the console socket.
 fn receive_master(listener: &UnixListener) -> OwnedFd {
-    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
     let (conn, _) = listener.accept().unwrap();
-    let mut buf = [0u8; 256];
-    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-    let msg = recvmsg::<()>(
-        conn.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::empty(),
-    )
-    .unwrap();
-    let fd = msg
-        .cmsgs()
-        .unwrap()
-        .find_map(|c| match c {
-            ControlMessageOwned::ScmRights(fds) => fds.first().copied(),
-            _ => None,
-        })
-        .expect("runm sent a file descriptor");
-    // SAFETY: the fd just arrived over SCM_RIGHTS; nothing else owns it.
-    unsafe { OwnedFd::from_raw_fd(fd) }
+    receive_fd(&conn).expect("runm sent a file descriptor")
 }
 
 #[test]
