@@ -31,8 +31,9 @@ pub enum NamespacesError {
     Propagation(nix::Error),
 }
 
-/// The namespaces this process may take new ones of, as `/proc/self/ns` names them.
-const KINDS: [(LinuxNamespaceType, CloneFlags, &str); 5] = [
+/// Every namespace type: as config.json has it, its `CLONE_NEW*` flag, and the name
+/// `/proc/PID/ns` gives it.
+pub const KINDS: [(LinuxNamespaceType, CloneFlags, &str); 8] = [
     (LinuxNamespaceType::Mount, CloneFlags::CLONE_NEWNS, "mnt"),
     (LinuxNamespaceType::Uts, CloneFlags::CLONE_NEWUTS, "uts"),
     (LinuxNamespaceType::Ipc, CloneFlags::CLONE_NEWIPC, "ipc"),
@@ -42,7 +43,21 @@ const KINDS: [(LinuxNamespaceType, CloneFlags, &str); 5] = [
         "cgroup",
     ),
     (LinuxNamespaceType::Network, CloneFlags::CLONE_NEWNET, "net"),
+    (LinuxNamespaceType::User, CloneFlags::CLONE_NEWUSER, "user"),
+    (LinuxNamespaceType::Pid, CloneFlags::CLONE_NEWPID, "pid"),
+    // CLONE_NEWTIME (linux/sched.h); nix names it only on some targets.
+    (
+        LinuxNamespaceType::Time,
+        CloneFlags::from_bits_retain(0x80),
+        "time",
+    ),
 ];
+
+/// The namespaces this process may take new ones of (the first five of [`KINDS`]; the
+/// network one is `network::enter`'s), and whose host ones hooks go back to.
+fn takeable() -> &'static [(LinuxNamespaceType, CloneFlags, &'static str)] {
+    &KINDS[..5]
+}
 
 /// The host's namespaces, kept open to return hooks to them.
 #[derive(Debug)]
@@ -65,7 +80,7 @@ fn wanted(spec: &Spec) -> CloneFlags {
         .unwrap_or_default();
     let mut flags = CloneFlags::empty();
     for ns in listed.iter().filter(|ns| ns.path().is_none()) {
-        if let Some((_, flag, _)) = KINDS
+        if let Some((_, flag, _)) = takeable()
             .iter()
             .find(|(t, _, _)| *t == ns.typ() && *t != LinuxNamespaceType::Network)
         {
@@ -76,7 +91,7 @@ fn wanted(spec: &Spec) -> CloneFlags {
 }
 
 fn names(flags: CloneFlags) -> String {
-    let names: Vec<&str> = KINDS
+    let names: Vec<&str> = takeable()
         .iter()
         .filter(|(_, f, _)| flags.contains(*f))
         .map(|(_, _, n)| *n)
@@ -92,7 +107,7 @@ pub fn isolate(spec: &Spec) -> Result<HostNamespaces, NamespacesError> {
         |path: String| File::open(&path).map_err(|source| NamespacesError::Open { path, source });
     let (root, cwd) = (open("/".into())?, open(".".into())?);
     let mut files = Vec::new();
-    for (_, flag, name) in KINDS {
+    for &(_, flag, name) in takeable() {
         files.push((open(format!("/proc/self/ns/{name}"))?, flag));
     }
     let flags = wanted(spec);

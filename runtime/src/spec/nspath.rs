@@ -13,8 +13,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path};
 
 use nix::errno::Errno;
-use nix::sched::CloneFlags;
 use oci_spec::runtime::LinuxNamespaceType;
+
+use crate::namespaces::KINDS;
 
 /// What a valid path means for the container.
 #[derive(Debug, PartialEq, Eq)]
@@ -45,8 +46,8 @@ fn kind_of(path: &Path) -> Result<&'static str, String> {
     })?;
     KINDS
         .iter()
-        .find(|(f, _)| f.bits() == flag)
-        .map(|(_, name)| *name)
+        .find(|(_, f, _)| f.bits() == flag)
+        .map(|(_, _, name)| *name)
         .ok_or_else(|| {
             format!(
                 "{} is a namespace of an unknown type ({flag:#x})",
@@ -54,19 +55,6 @@ fn kind_of(path: &Path) -> Result<&'static str, String> {
             )
         })
 }
-
-/// The namespace types, as `/proc/PID/ns` names them.
-const KINDS: [(CloneFlags, &str); 8] = [
-    (CloneFlags::CLONE_NEWNS, "mnt"),
-    (CloneFlags::CLONE_NEWCGROUP, "cgroup"),
-    (CloneFlags::CLONE_NEWUTS, "uts"),
-    (CloneFlags::CLONE_NEWIPC, "ipc"),
-    (CloneFlags::CLONE_NEWUSER, "user"),
-    (CloneFlags::CLONE_NEWPID, "pid"),
-    (CloneFlags::CLONE_NEWNET, "net"),
-    // CLONE_NEWTIME (linux/sched.h); nix names it only on some targets.
-    (CloneFlags::from_bits_retain(0x80), "time"),
-];
 
 /// The process a `/proc/PID/ns/TYPE` (or `/proc/PID/task/TID/ns/TYPE`) path names.
 fn proc_pid(path: &Path) -> Option<u32> {
@@ -96,16 +84,10 @@ fn is_runm(pid: u32) -> bool {
 
 /// The spelling `/proc/PID/ns/` uses for a namespace type.
 fn nsfs_name(typ: LinuxNamespaceType) -> &'static str {
-    match typ {
-        LinuxNamespaceType::Mount => "mnt",
-        LinuxNamespaceType::Cgroup => "cgroup",
-        LinuxNamespaceType::Uts => "uts",
-        LinuxNamespaceType::Ipc => "ipc",
-        LinuxNamespaceType::User => "user",
-        LinuxNamespaceType::Pid => "pid",
-        LinuxNamespaceType::Network => "net",
-        LinuxNamespaceType::Time => "time",
-    }
+    KINDS
+        .iter()
+        .find(|(t, _, _)| *t == typ)
+        .map_or("", |(_, _, name)| *name)
 }
 
 /// Checks the `path` of a namespace of type `typ`; `name` is how config.json spells it.
